@@ -1,0 +1,39 @@
+"""gunicorn settings for production: `gunicorn -c gunicorn.conf.py ollama_gateway.wsgi`.
+
+Threaded workers: a stream holds a thread (not a process) for its whole life, so one worker
+serves many concurrent streams; a few processes use the cores. Every value can be overridden
+from the environment (GUNICORN_* or gunicorn's own flags).
+"""
+
+import os
+
+bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+worker_class = "gthread"
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "64"))
+# No worker timeout for streams: a model that is loading may send its first byte minutes later.
+# gthread workers heartbeat from their main thread: a long request never looks like a hung worker.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
+# On SIGTERM running streams get this long to finish before workers are stopped.
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "120"))
+keepalive = 5
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "2000"))
+backlog = 2048
+accesslog = None  # the gateway logs each request itself, with its request id
+errorlog = "-"
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+
+
+def on_starting(server):
+    """Once, in the master, before any worker: migrate and insert the demo keys."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ollama_gateway.settings")
+    django.setup()
+    from django.db import connections
+
+    from ollama_gateway.startup import prepare
+
+    prepare()
+    # Workers fork from the master: they must not inherit its database connections.
+    connections.close_all()

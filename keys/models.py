@@ -1,0 +1,64 @@
+from django.db import models
+from django.utils import timezone
+
+from keys.crypto import PREVIEW_LENGTH
+
+
+class ApiKey(models.Model):
+    class Role(models.TextChoices):
+        ADMIN = "admin", "Admin"
+        USER = "user", "User"
+
+    name = models.CharField(max_length=100)
+    role = models.CharField(max_length=5, choices=Role.choices, default=Role.USER)
+    # What lists show and what DELETE /api/keys/{preview} takes; the start of the raw key.
+    preview = models.CharField(max_length=PREVIEW_LENGTH, unique=True, editable=False)
+    # SHA-256 hex digest of the raw key (keys/crypto.py); its unique index serves authentication.
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    rate_limit = models.PositiveIntegerField(help_text="Requests per hour.")
+    allowed_models = models.JSONField(
+        default=list, blank=True, help_text="Model names this key may use; empty means all."
+    )
+    is_active = models.BooleanField(default=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.CharField(max_length=150, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(rate_limit__gt=0), name="apikey_rate_limit_gt_0"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(role__in=["admin", "user"]), name="apikey_role_valid"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.name} ({self.preview}…)"
+
+    # DRF treats whatever the authentication class returns as request.user.
+    is_authenticated = True
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == self.Role.ADMIN
+
+    def is_expired(self, now=None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+    def allows_model(self, model: str) -> bool:
+        """Whether this key may use `model`; `llama3.2` and `llama3.2:latest` are the same model."""
+        if not self.allowed_models:
+            return True
+        return normalize_model(model) in {normalize_model(m) for m in self.allowed_models}
+
+
+def normalize_model(name: str) -> str:
+    """Ollama's own rule: a model name without a tag means the `latest` tag."""
+    name = name.strip()
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"

@@ -1,0 +1,147 @@
+"""Write paths for API keys. The REST API, the admin and the commands all call these."""
+
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from keys import crypto
+from keys.models import ApiKey
+
+logger = logging.getLogger(__name__)
+
+ROLES = ", ".join(ApiKey.Role.values)
+
+
+def default_rate_limit(role: str) -> int:
+    if role == ApiKey.Role.ADMIN:
+        return settings.DEFAULT_RATE_LIMIT_ADMIN
+    return settings.DEFAULT_RATE_LIMIT_USER
+
+
+def api_key_validate(
+    *,
+    name: str,
+    role: str,
+    rate_limit: int | None,
+    expires_at: datetime | None,
+    allowed_models: list[str],
+) -> None:
+    """Raise ValidationError naming each bad field and what it accepts."""
+    errors = {}
+    if not name or not name.strip():
+        errors["name"] = "This field is required."
+    elif len(name) > 100:
+        errors["name"] = "Ensure this field has no more than 100 characters."
+    if role not in ApiKey.Role.values:
+        errors["role"] = f'"{role}" is not a valid role; allowed values: {ROLES}.'
+    if rate_limit is not None and (isinstance(rate_limit, bool) or rate_limit <= 0):
+        errors["rate_limit"] = "Must be a positive number of requests per hour."
+    if expires_at is not None:
+        if timezone.is_naive(expires_at):
+            errors["expires_at"] = "Must include a time zone."
+        elif expires_at <= timezone.now():
+            errors["expires_at"] = "Must be in the future."
+    if not isinstance(allowed_models, list) or not all(
+        isinstance(m, str) and m.strip() for m in allowed_models
+    ):
+        errors["allowed_models"] = "Must be a list of model names."
+    if errors:
+        raise ValidationError(errors)
+
+
+def api_key_create(
+    *,
+    name: str,
+    role: str = ApiKey.Role.USER,
+    rate_limit: int | None = None,
+    expires_at: datetime | None = None,
+    allowed_models: list[str] | None = None,
+    created_by: str = "",
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its raw value, which exists nowhere else afterwards."""
+    allowed_models = [m.strip() for m in allowed_models or []]
+    api_key_validate(
+        name=name,
+        role=role,
+        rate_limit=rate_limit,
+        expires_at=expires_at,
+        allowed_models=allowed_models,
+    )
+    for _attempt in range(3):
+        raw = crypto.generate_key()
+        key = ApiKey(
+            name=name.strip(),
+            role=role,
+            rate_limit=rate_limit or default_rate_limit(role),
+            expires_at=expires_at,
+            allowed_models=allowed_models,
+            created_by=created_by,
+            preview=crypto.key_preview(raw),
+            key_hash=crypto.hash_key(raw),
+        )
+        try:
+            with transaction.atomic():
+                key.save()
+        except IntegrityError:
+            # Two keys sharing their first 8 characters: vanishingly rare, draw again.
+            continue
+        logger.info("api key created", extra={"key_preview": key.preview, "role": role})
+        return key, raw
+    raise RuntimeError("could not generate a unique API key")
+
+
+def api_key_revoke(*, preview: str) -> ApiKey:
+    """Revoke for good; raises ApiKey.DoesNotExist. Revoking twice is harmless."""
+    key = ApiKey.objects.get(preview=preview)
+    if key.is_active:
+        key.is_active = False
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["is_active", "revoked_at"])
+        logger.info("api key revoked", extra={"key_preview": key.preview})
+    return key
+
+
+def api_key_authenticate(raw_key: str) -> ApiKey | None:
+    """The key a raw value belongs to, whatever its state; None if unknown. One indexed query."""
+    if not crypto.looks_like_key(raw_key):
+        return None
+    return ApiKey.objects.filter(key_hash=crypto.hash_key(raw_key)).first()
+
+
+def api_key_touch(key: ApiKey) -> None:
+    """Record use, at most once per resolution window, so most requests pay no write."""
+    now = timezone.now()
+    resolution = timedelta(seconds=settings.API_KEY_LAST_USED_RESOLUTION)
+    if key.last_used_at is not None and now - key.last_used_at < resolution:
+        return
+    ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    key.last_used_at = now
+
+
+def demo_keys_ensure() -> None:
+    """Insert DEMO_ADMIN_KEY / DEMO_USER_KEY from the environment; idempotent, run at start."""
+    for raw, role in (
+        (settings.DEMO_ADMIN_KEY, ApiKey.Role.ADMIN),
+        (settings.DEMO_USER_KEY, ApiKey.Role.USER),
+    ):
+        if not raw:
+            continue
+        if not crypto.looks_like_key(raw) or len(raw) < len(crypto.KEY_PREFIX) + 32:
+            raise ValidationError(
+                f"DEMO_{role.upper()}_KEY must start with {crypto.KEY_PREFIX!r} and carry at "
+                "least 32 random characters."
+            )
+        ApiKey.objects.get_or_create(
+            key_hash=crypto.hash_key(raw),
+            defaults={
+                "name": f"demo-{role}",
+                "role": role,
+                "rate_limit": default_rate_limit(role),
+                "preview": crypto.key_preview(raw),
+                "created_by": "environment",
+            },
+        )

@@ -1,0 +1,93 @@
+"""One place that shapes every error the gateway produces.
+
+Three API surfaces, three shapes:
+- management routes (keys, stats): DRF's `{"detail": ...}` / `{"field": [...]}`;
+- native Ollama routes (`/api/*`): `{"error": "message"}`, as Ollama answers;
+- OpenAI-compatible routes (`/v1/*`): `{"error": {"message", "type", "param", "code"}}`, so that
+  the OpenAI SDK raises its proper exception classes.
+A view declares its surface with an `error_surface` attribute.
+"""
+
+import logging
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import JsonResponse
+from rest_framework import exceptions
+from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger("ollama_gateway.errors")
+
+DRF, OLLAMA, OPENAI = "drf", "ollama", "openai"
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+_OPENAI_CODES = {401: "invalid_api_key", 429: "rate_limit_exceeded"}
+
+
+def error_body(surface: str, status: int, message: str) -> dict:
+    if surface == OPENAI:
+        return {
+            "error": {
+                "message": message,
+                "type": _OPENAI_TYPES.get(status, "api_error"),
+                "param": None,
+                "code": _OPENAI_CODES.get(status),
+            }
+        }
+    if surface == OLLAMA:
+        return {"error": message}
+    return {"detail": message}
+
+
+def error_response(surface: str, status: int, message: str, headers=None) -> JsonResponse:
+    return JsonResponse(error_body(surface, status, message), status=status, headers=headers)
+
+
+def surface_for_path(path: str) -> str:
+    if path.startswith("/v1/"):
+        return OPENAI
+    if path.startswith("/api/") and not path.startswith(("/api/keys", "/api/stats", "/api/admin")):
+        return OLLAMA
+    return DRF
+
+
+def _flatten(data) -> str:
+    """A readable one-line message from DRF's error data, naming the fields."""
+    if isinstance(data, dict):
+        if set(data) == {"detail"}:
+            return _flatten(data["detail"])
+        return "; ".join(f"{field}: {_flatten(value)}" for field, value in data.items())
+    if isinstance(data, list):
+        return " ".join(_flatten(item) for item in data)
+    return str(data)
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(
+            exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
+        )
+    response = drf_exception_handler(exc, context)
+    view = context.get("view")
+    surface = getattr(view, "error_surface", DRF)
+    if response is None:
+        # Not an API exception: a bug. Log it; the caller gets no stack trace.
+        logger.exception("unhandled error", exc_info=exc)
+        return error_response(surface, 500, "Internal server error.")
+    if surface != DRF:
+        response.data = error_body(surface, response.status_code, _flatten(response.data))
+    return response
+
+
+def handler404(request, exception=None):
+    return error_response(surface_for_path(request.path), 404, "Not found.")
+
+
+def handler500(request):
+    return error_response(surface_for_path(request.path), 500, "Internal server error.")

@@ -1,0 +1,19 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from ollama_gateway import views
+
+urlpatterns = [
+    path("", views.ServiceInfoView.as_view(), name="service-info"),
+    path("health", views.HealthView.as_view(), name="health"),
+    path("admin/", admin.site.urls),
+    path("api/schema", SpectacularAPIView.as_view(), name="schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("", include("keys.urls")),
+    path("", include("proxy.urls")),
+]
+
+handler404 = "ollama_gateway.errors.handler404"
+handler500 = "ollama_gateway.errors.handler500"

@@ -1,0 +1,81 @@
+"""The model API. Ollama's account and cloud routes (/api/me, /api/signout, /api/user/keys/*,
+/api/experimental/*) are deliberately absent: they act on the server owner's ollama.com identity."""
+
+from django.urls import path, re_path
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_view
+
+from proxy.views import AdminProxyView, OpenAIModelView, OpenAIProxyView, ProxyView
+
+TAGS = {ProxyView: "Ollama", AdminProxyView: "Model management (admin keys)"}
+
+
+def route(url, view, summary, *, upstream=None, methods=("post",), regex=False, **attrs):
+    """The URL pattern of one relayed route, documented in the OpenAPI schema.
+
+    `upstream` is the path on Ollama (default: the same path); `attrs` set ProxyView options.
+    """
+    upstream = upstream or "/" + url
+    tag = "OpenAI-compatible" if issubclass(view, OpenAIProxyView) else TAGS[view]
+    body = OpenApiTypes.BINARY if attrs.get("raw_body") else OpenApiTypes.OBJECT
+    operation = url.strip("^$").split("/(")[0].replace("/", "_").replace("<path:model>", "model")
+    docs = {
+        method: extend_schema(
+            summary=summary,
+            tags=[tag],
+            request=None if method in ("get", "head") else body,
+            responses={200: OpenApiTypes.OBJECT},
+            operation_id=f"{method}_{operation}",
+        )
+        for method in methods
+    }
+    cls = type(view.__name__, (view,), {"upstream_path": upstream, **attrs})
+    as_view = extend_schema_view(**docs)(cls).as_view(http_method_names=list(methods))
+    return (re_path if regex else path)(url, as_view)
+
+
+def model_route(url, view, summary, **options):
+    return route(url, view, summary, names_model=True, **options)
+
+
+LIST_MODELS = {"filter_list": ("models", "name"), "methods": ("get",)}
+
+urlpatterns = [
+    # Native API, any key.
+    route("api/version", ProxyView, "Ollama's version", methods=("get",)),
+    route("api/tags", ProxyView, "Local models (those this key may use)", **LIST_MODELS),
+    route("api/ps", ProxyView, "Loaded models (those this key may use)", **LIST_MODELS),
+    route("api/models", ProxyView, "Models this key may use", upstream="/api/tags", **LIST_MODELS),
+    model_route("api/generate", ProxyView, "Generate a completion (streams by default)"),
+    model_route("api/chat", ProxyView, "Chat (streams by default)"),
+    model_route("api/embed", ProxyView, "Embeddings"),
+    model_route("api/embeddings", ProxyView, "Embedding (legacy)"),
+    model_route("api/show", ProxyView, "Model details"),
+    # Model management, admin keys only.
+    model_route("api/pull", AdminProxyView, "Pull a model"),
+    model_route("api/push", AdminProxyView, "Push a model"),
+    model_route("api/create", AdminProxyView, "Create a model"),
+    model_route("api/delete", AdminProxyView, "Delete a model", methods=("delete",)),
+    route("api/copy", AdminProxyView, "Copy a model"),
+    route(
+        r"^api/blobs/(?P<digest>sha256[:-][0-9a-fA-F]{64})$",
+        AdminProxyView,
+        "Check for or upload a model blob",
+        upstream="/api/blobs/{digest}",
+        methods=("head", "post"),
+        regex=True,
+        raw_body=True,
+    ),
+    # OpenAI-compatible API (`stream` defaults to false here).
+    model_route("v1/chat/completions", OpenAIProxyView, "Chat completions"),
+    model_route("v1/completions", OpenAIProxyView, "Completions"),
+    model_route("v1/embeddings", OpenAIProxyView, "Embeddings"),
+    route("v1/models", OpenAIProxyView, "Models", methods=("get",), filter_list=("data", "id")),
+    route(
+        "v1/models/<path:model>",
+        OpenAIModelView,
+        "One model",
+        upstream="/v1/models/{model}",
+        methods=("get",),
+    ),
+]

@@ -1,0 +1,215 @@
+"""The model API: Ollama's native routes and its OpenAI-compatible routes, relayed.
+
+Every route is a DRF view, so authentication, permissions and rate limits run exactly as on the
+management API; bodies are never parsed by DRF (we forward the client's bytes untouched) and
+errors come out in the surface's own shape (see ollama_gateway/errors.py).
+"""
+
+import json
+import logging
+
+import requests
+from django.conf import settings
+from django.db import connection
+from django.http import HttpResponse, StreamingHttpResponse
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.renderers import JSONRenderer
+from rest_framework.views import APIView
+
+from keys.permissions import IsAdminKey, IsApiKey
+from ollama_gateway.errors import OLLAMA, OPENAI, error_response
+from proxy.streaming import StreamRelay, usage_from_body
+from proxy.upstream import HOP_BY_HOP, upstream
+from usage.services import usage_record
+
+logger = logging.getLogger("proxy")
+
+STREAM_TYPES = ("application/x-ndjson", "text/event-stream")
+# Client headers worth passing on; everything else (Authorization, cookies, Host...) stays here.
+FORWARDED_HEADERS = ("Content-Type", "Accept", "User-Agent")
+
+
+class JsonOnly(BaseContentNegotiation):
+    """Our own errors are JSON whatever the client accepts (SSE clients send Accept too)."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+    def select_parser(self, request, parsers):
+        return None
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def not_found_message(surface: str, model: str) -> str:
+    """Exactly what Ollama says for a model it does not have, so allowlists do not leak."""
+    if surface == OPENAI:
+        return f'model "{model}" not found, try pulling it first'
+    return f"model '{model}' not found"
+
+
+class ProxyView(APIView):
+    """Relays one request to `upstream_path` on Ollama and its answer back, streamed or not."""
+
+    error_surface = OLLAMA
+    permission_classes = [IsApiKey]
+    parser_classes = []
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = JsonOnly
+    upstream_path = ""
+    # Whether the JSON body must name a model (checked against the key's allowlist).
+    names_model = False
+    # Whether the body is passed through as a raw byte stream (model blobs: gigabytes).
+    raw_body = False
+    # For list answers: the JSON list to filter by the key's allowlist, and each entry's name key.
+    filter_list = None
+
+    def get(self, request, **kwargs):
+        return self.relay(request, **kwargs)
+
+    post = delete = head = get
+
+    def relay(self, request, **kwargs):
+        try:
+            body = b"" if self.raw_body else self.read_body(request)
+        except BadRequest as exc:
+            return error_response(self.error_surface, exc.status, exc.message)
+        headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+        headers["X-Request-ID"] = request.request_id
+        data = body
+        if self.raw_body:
+            data = request._request
+            headers["Content-Length"] = request.META.get("CONTENT_LENGTH") or "0"
+        path = self.upstream_path.format(**kwargs)
+        exchange = request.exchange
+        try:
+            response = upstream().request(
+                request.method, path, data=data or None, headers=headers, stream=True
+            )
+        except requests.Timeout:
+            logger.warning("upstream timeout on %s", path, extra={"request_id": request.request_id})
+            return error_response(self.error_surface, 504, "Ollama did not answer in time.")
+        except requests.RequestException as exc:
+            logger.warning(
+                "upstream unreachable: %s",
+                type(exc).__name__,
+                extra={"request_id": request.request_id},
+            )
+            return error_response(self.error_surface, 502, "Could not reach Ollama.")
+        content_type = response.headers.get("Content-Type", "")
+        if response.ok and content_type.startswith(STREAM_TYPES):
+            return self.stream(request, response, exchange)
+        return self.buffered(request, response, exchange)
+
+    def read_body(self, request) -> bytes:
+        """The client's body, validated enough that Ollama never sees a bad one."""
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if length.isdigit() and int(length) > settings.MAX_REQUEST_BODY_BYTES:
+            raise BadRequest(
+                413, f"Request body is larger than {settings.MAX_REQUEST_BODY_BYTES} bytes."
+            )
+        body = request._request.body
+        if request.method in ("GET", "HEAD") or (not self.names_model and not body):
+            return body
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            raise BadRequest(400, "Request body is not valid JSON.") from None
+        if not isinstance(payload, dict):
+            raise BadRequest(400, "Request body must be a JSON object.")
+        if self.names_model:
+            model = payload.get("model") or payload.get("name")
+            if not isinstance(model, str) or not model.strip():
+                raise BadRequest(400, "model is required")
+            request.exchange.model = model
+            if not request.user.allows_model(model):
+                raise BadRequest(404, not_found_message(self.error_surface, model))
+        return body
+
+    def stream(self, request, response, exchange):
+        """Relay chunk by chunk; the usage record is written when the stream ends."""
+        exchange.deferred = True
+        exchange.status = response.status_code
+
+        def on_finish(outcome, ttft_ms, prompt_tokens, completion_tokens):
+            exchange.outcome = outcome
+            exchange.ttft_ms = ttft_ms
+            exchange.prompt_tokens = prompt_tokens
+            exchange.completion_tokens = completion_tokens
+            usage_record(exchange)
+
+        relay = StreamRelay(
+            response, surface=self.error_surface, started=exchange.started, on_finish=on_finish
+        )
+        if connection.vendor == "postgresql" and getattr(connection, "pool", None):
+            # Give the pooled connection back for the stream's lifetime (minutes, maybe):
+            # the record at its end takes one again.
+            connection.close()
+        streaming = StreamingHttpResponse(relay, status=response.status_code)
+        self.copy_headers(response, streaming)
+        streaming["Cache-Control"] = "no-cache"
+        # nginx and other reverse proxies must not buffer the stream either.
+        streaming["X-Accel-Buffering"] = "no"
+        return streaming
+
+    def buffered(self, request, response, exchange):
+        try:
+            content = response.content
+        except requests.RequestException:
+            return error_response(self.error_surface, 502, "Ollama closed the connection early.")
+        finally:
+            response.close()
+        exchange.status = response.status_code
+        if response.ok and content and self.filter_list:
+            content = self.filtered(request, content)
+        if response.ok and response.headers.get("Content-Type", "").startswith("application/json"):
+            exchange.prompt_tokens, exchange.completion_tokens = usage_from_body(content)
+        relayed = HttpResponse(content, status=response.status_code)
+        self.copy_headers(response, relayed)
+        return relayed
+
+    def filtered(self, request, content: bytes) -> bytes:
+        """Drop the models this key may not use from a list answer."""
+        field, name_key = self.filter_list
+        try:
+            payload = json.loads(content)
+            entries = payload[field]
+        except (ValueError, KeyError, TypeError):
+            return content
+        payload[field] = [
+            entry for entry in entries if request.user.allows_model(str(entry.get(name_key, "")))
+        ]
+        return json.dumps(payload).encode()
+
+    @staticmethod
+    def copy_headers(source, target) -> None:
+        for name, value in source.headers.items():
+            if name.lower() not in HOP_BY_HOP and name.lower() not in ("date", "server"):
+                target[name] = value
+
+
+class AdminProxyView(ProxyView):
+    """Model management: changes the server for everyone, so admin keys only."""
+
+    permission_classes = [IsAdminKey]
+
+
+class OpenAIProxyView(ProxyView):
+    error_surface = OPENAI
+
+
+class OpenAIModelView(OpenAIProxyView):
+    """GET /v1/models/{model}: a model the key may not use does not exist."""
+
+    upstream_path = "/v1/models/{model}"
+
+    def get(self, request, model):
+        request.exchange.model = model
+        if not request.user.allows_model(model):
+            return error_response(OPENAI, 404, not_found_message(OPENAI, model))
+        return self.relay(request, model=model)
