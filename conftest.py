@@ -1,5 +1,12 @@
 """Fixtures shared by every app's tests: keys, the development Ollama and a live gateway."""
 
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -60,3 +67,67 @@ def fake_ollama(fake_ollama_server, settings):
 def gateway(live_server, transactional_db, fake_ollama):
     """The gateway served over real HTTP (Django's threaded live server) in front of the fake."""
     return live_server.url
+
+
+def _test_database_url() -> str:
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = db["USER"] or "postgres"
+    return f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def start_gunicorn(port: int, **env) -> subprocess.Popen:
+    """The gateway under its production gunicorn configuration, on the test database."""
+    environment = {
+        **os.environ,
+        "DATABASE_URL": _test_database_url(),
+        "PORT": str(port),
+        "GUNICORN_WORKERS": "2",
+        "GUNICORN_THREADS": "32",
+        "GUNICORN_GRACEFUL_TIMEOUT": "10",
+        "LOG_LEVEL": "WARNING",
+        **env,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "ollama_gateway.wsgi"],
+        cwd=Path(__file__).parent,
+        env=environment,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError("gunicorn exited at start") from None
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("gunicorn did not start listening")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gunicorn_gateway(django_db_setup, django_db_blocker, fake_ollama_server):
+    """A gunicorn gateway (2 workers) in front of the session's development Ollama."""
+    port = free_port()
+    process = start_gunicorn(port, OLLAMA_BASE_URL=fake_ollama_server.url)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.fixture
+def served(gunicorn_gateway, transactional_db, fake_ollama_server):
+    """The gunicorn gateway, with a fresh development Ollama state for this test."""
+    fake_ollama_server.reset()
+    yield gunicorn_gateway
+    fake_ollama_server.reset()

@@ -52,10 +52,21 @@ class ApiKey(models.Model):
         return self.expires_at is not None and self.expires_at <= (now or timezone.now())
 
     def allows_model(self, model: str) -> bool:
-        """Whether this key may use `model`; `llama3.2` and `llama3.2:latest` are the same model."""
+        """Whether this key may use `model`; `llama3.2` and `llama3.2:latest` are the same model.
+
+        Cloud models (`*:cloud`, `*-cloud`) run on the server owner's ollama.com account: only
+        admin keys may use them.
+        """
+        if not self.is_admin and is_cloud_model(model):
+            return False
         if not self.allowed_models:
             return True
         return normalize_model(model) in {normalize_model(m) for m in self.allowed_models}
+
+
+def is_cloud_model(name: str) -> bool:
+    tag = normalize_model(name).rsplit(":", 1)[-1]
+    return tag == "cloud" or tag.endswith("-cloud")
 
 
 def normalize_model(name: str) -> str:

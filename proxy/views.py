@@ -39,6 +39,24 @@ class JsonOnly(BaseContentNegotiation):
         return None
 
 
+class RequestBodyStream:
+    """A client's body as a sized iterable, so that requests streams it upstream with its
+    Content-Length instead of reading gigabytes (model blobs) into memory."""
+
+    BLOCK = 1024 * 1024
+
+    def __init__(self, request):
+        self.request = request
+        self.length = int(request.META.get("CONTENT_LENGTH") or 0)
+
+    def __len__(self):
+        return self.length
+
+    def __iter__(self):
+        while block := self.request.read(self.BLOCK):
+            yield block
+
+
 class BadRequest(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -81,10 +99,7 @@ class ProxyView(APIView):
             return error_response(self.error_surface, exc.status, exc.message)
         headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
         headers["X-Request-ID"] = request.request_id
-        data = body
-        if self.raw_body:
-            data = request._request
-            headers["Content-Length"] = request.META.get("CONTENT_LENGTH") or "0"
+        data = RequestBodyStream(request._request) if self.raw_body else body
         path = self.upstream_path.format(**kwargs)
         exchange = request.exchange
         try:

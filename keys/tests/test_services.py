@@ -38,3 +38,9 @@ def test_a_weak_demo_key_is_refused(db, settings):
 )
 def test_allowlist_matches_ollama_model_names(model, allowed, expected):
     assert ApiKey(allowed_models=allowed).allows_model(model) is expected
+
+
+@pytest.mark.parametrize("model", ["gpt-oss:120b-cloud", "deepseek-v3.1:671b-cloud", "kimi:cloud"])
+def test_cloud_models_are_for_admin_keys_only(model):
+    assert ApiKey(role="user").allows_model(model) is False
+    assert ApiKey(role="admin").allows_model(model) is True

@@ -69,8 +69,7 @@ def keep_alive_seconds(value: object) -> float:
 
 
 def _go_duration(text: str) -> float:
-    signed = text.startswith(("+", "-"))
-    body = text[1:] if signed else text
+    body = text[1:] if text.startswith(("+", "-")) else text
     if body == "0":
         return 0.0
     parts = _DURATION_PART.findall(body)

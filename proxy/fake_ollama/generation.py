@@ -218,14 +218,18 @@ def openai_reply(
     Streaming sends one SSE chunk per piece, a chunk carrying the finish reason, a usage chunk
     when asked for, then ``[DONE]``.
     """
-    head = {
-        # Not secrets: ids shaped like Ollama's, which draws them from math/rand too.
-        "id": f"{'chatcmpl' if chat else 'cmpl'}-{random.randrange(999)}",  # noqa: S311
-        "object": "",
-        "created": int(plan.started),
-        "model": plan.model,
-        "system_fingerprint": "fp_ollama",
-    }
+    # Not a secret: an id shaped like Ollama's, which draws it from math/rand too.
+    ident = f"{'chatcmpl' if chat else 'cmpl'}-{random.randrange(999)}"  # noqa: S311
+
+    def envelope(kind: str) -> dict:
+        return {
+            "id": ident,
+            "object": kind,
+            "created": int(plan.started),
+            "model": plan.model,
+            "system_fingerprint": "fp_ollama",
+        }
+
     whole = Said.join(plan.pieces)
     finish = "tool_calls" if whole.tool_calls else plan.done_reason
     usage = {
@@ -241,14 +245,16 @@ def openai_reply(
         return {"index": 0, key: _openai_message(said), "finish_reason": finish_reason}
 
     if not stream:
-        obj = "chat.completion" if chat else "text_completion"
-        body = {**head, "object": obj, "choices": [choice(whole, finish, False)], "usage": usage}
+        body = envelope("chat.completion" if chat else "text_completion")
+        body.update(choices=[choice(whole, finish, False)], usage=usage)
         return json_reply(body, delays=plan.delays, broken=broken)
-    head["object"] = "chat.completion.chunk" if chat else "text_completion"
-    frames: list[Any] = [{**head, "choices": [choice(piece, None, True)]} for piece in plan.pieces]
-    frames.append({**head, "choices": [choice(Said(), finish, True)]})
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    frames: list[Any] = [
+        {**envelope(kind), "choices": [choice(piece, None, True)]} for piece in plan.pieces
+    ]
+    frames.append({**envelope(kind), "choices": [choice(Said(), finish, True)]})
     if include_usage:
-        frames.append({**head, "choices": [], "usage": usage})
+        frames.append({**envelope(kind), "choices": [], "usage": usage})
     frames.append(DONE)
     return stream_reply([sse_frame(obj) for obj in frames], SSE, plan.delays, broken)
 

@@ -17,6 +17,7 @@ from . import catalog
 from .catalog import Catalog
 from .generation import (
     EMBEDDING_DIMENSIONS,
+    Plan,
     answer_plan,
     count_tokens,
     embedding,
@@ -291,7 +292,7 @@ def create(call: Call) -> Reply:
     return _progress(body, statuses)
 
 
-def copy(call: Call) -> Reply:
+def copy_model(call: Call) -> Reply:
     body = call.body()
     source, destination = body.get("source"), body.get("destination")
     for role, value in (("source", source), ("destination", destination)):
@@ -303,7 +304,7 @@ def copy(call: Call) -> Reply:
     return empty_reply()
 
 
-def delete(call: Call) -> Reply:
+def delete_model(call: Call) -> Reply:
     _, listed = call.model(call.body())
     call.catalog.remove(call.config.models, listed)
     return empty_reply()
@@ -372,7 +373,7 @@ def v1_completions(call: Call) -> Reply:
     return _openai_answer(call, body, plan, chat=False)
 
 
-def _openai_answer(call: Call, body: dict, plan, *, chat: bool) -> Reply:
+def _openai_answer(call: Call, body: dict, plan: Plan, *, chat: bool) -> Reply:
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     stream = body.get("stream") is True
@@ -447,8 +448,8 @@ ROUTES: dict[tuple[str, str], Endpoint] = {
     ("POST", "/api/pull"): pull,
     ("POST", "/api/push"): push,
     ("POST", "/api/create"): create,
-    ("POST", "/api/copy"): copy,
-    ("DELETE", "/api/delete"): delete,
+    ("POST", "/api/copy"): copy_model,
+    ("DELETE", "/api/delete"): delete_model,
     ("POST", "/v1/chat/completions"): v1_chat,
     ("POST", "/v1/completions"): v1_completions,
     ("POST", "/v1/embeddings"): v1_embeddings,

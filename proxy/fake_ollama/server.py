@@ -84,7 +84,7 @@ class FakeOllama:
         self.config = config or FakeConfig()
         self._initial_config = copy.deepcopy(self.config)
         self.requests: list[RecordedRequest] = []
-        self.catalog = Catalog()
+        self._catalog = Catalog()
         self._lock = threading.Lock()
         self._disconnected = threading.Condition()
         self._disconnects = 0
@@ -104,6 +104,7 @@ class FakeOllama:
 
     def start(self) -> FakeOllama:
         """Listen and serve in a daemon thread; returns self."""
+        self._release = threading.Event()  # a stopped fake may be started again
         self._server = _Server((self.host, self.port), self)
         self.port = self._server.server_address[1]
         thread = threading.Thread(
@@ -131,7 +132,7 @@ class FakeOllama:
             self.requests.clear()
         with self._disconnected:
             self._disconnects = 0
-        self.catalog.clear()
+        self._catalog.clear()
         released, self._release = self._release, threading.Event()
         released.set()
 
@@ -201,7 +202,7 @@ class FakeOllama:
         self._record(request)
         # A shallow copy: a request sees one config throughout, while the models list stays
         # shared so that pull/delete edit the live one.
-        call = Call(request, path, copy.copy(self.config), self.catalog, time.time())
+        call = Call(request, path, copy.copy(self.config), self._catalog, time.time())
         return dispatch(call)
 
 
@@ -275,9 +276,12 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def _handle(self) -> None:
-        request = RecordedRequest(
-            self.command, self.path, Headers(self.headers.items()), self._read_body()
-        )
+        try:
+            body = self._read_body()
+        except ValueError:
+            self.send_error(400, "Bad Content-Length or chunk size")
+            return
+        request = RecordedRequest(self.command, self.path, Headers(self.headers.items()), body)
         self._send(self.server.fake._answer(request))
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
@@ -309,13 +313,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_whole(reply)
 
-    def _send_head(self, reply: Reply, framing: tuple[str, str]) -> None:
+    def _send_head(self, reply: Reply, framing: tuple[str, str] | None) -> None:
         # Like send_response, minus the Server header Ollama does not send.
         self.send_response_only(reply.status)
         self.send_header("Date", self.date_time_string())
         if reply.content_type:
             self.send_header("Content-Type", reply.content_type)
-        self.send_header(*framing)
+        if framing:
+            self.send_header(*framing)
         self.end_headers()
 
     def _send_whole(self, reply: Reply) -> None:
@@ -334,16 +339,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _send_stream(self, reply: Reply) -> None:
-        """Write frames as chunks with their delays; a broken reply stops early and drops."""
+        """Write frames with their delays, one flushed chunk each; a broken reply drops early.
+
+        HTTP/1.0 has no chunked encoding: such clients (ab, for one) get a body that ends when
+        the connection closes, as Go's server does.
+        """
+        chunked = self.request_version != "HTTP/1.0"
+        self.close_connection = self.close_connection or not chunked
         try:
-            self._send_head(reply, ("Transfer-Encoding", "chunked"))
+            self._send_head(reply, ("Transfer-Encoding", "chunked") if chunked else None)
             for index, frame in enumerate(reply.frames):
                 _pause(reply.delays[index] if index < len(reply.delays) else 0)
                 if reply.broken and index == MIDSTREAM_FRAMES:
                     self._drop()
                     return
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame))
-            self.wfile.write(b"0\r\n\r\n")
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(frame), frame) if chunked else frame)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             self.server.fake._count_disconnect()
             self.close_connection = True

@@ -1,0 +1,105 @@
+"""Errors on the model API: the right status, in the surface's own shape, before Ollama when
+the request is bad, and never an internal address."""
+
+import time
+
+import pytest
+import requests
+
+
+@pytest.fixture
+def call(gateway, user_key):
+    def send(method, path, raw=user_key[1], **kwargs):
+        headers = {"Authorization": f"Bearer {raw}", **kwargs.pop("headers", {})}
+        return requests.request(method, gateway + path, headers=headers, timeout=30, **kwargs)
+
+    return send
+
+
+def test_refused_upstream_is_502_within_a_second(call, settings):
+    settings.OLLAMA_BASE_URL = "http://127.0.0.1:9"
+    started = time.monotonic()
+    native = call("POST", "/api/generate", json={"model": "llama3.2", "prompt": "x"})
+    assert time.monotonic() - started < 1
+    assert native.status_code == 502
+    assert native.json() == {"error": "Could not reach Ollama."}
+    openai_style = call("GET", "/v1/models")
+    assert openai_style.status_code == 502
+    assert openai_style.json()["error"]["message"] == "Could not reach Ollama."
+    assert "127.0.0.1" not in native.text + openai_style.text
+
+
+def test_hanging_upstream_is_504_after_the_read_timeout(call, settings, fake_ollama):
+    settings.OLLAMA_READ_TIMEOUT = 0.5
+    fake_ollama.configure(fail="hang")
+    response = call("POST", "/api/chat", json={"model": "llama3.2", "messages": []})
+    assert response.status_code == 504
+    assert response.json() == {"error": "Ollama did not answer in time."}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b'{"model": "llama3.2", ', 400, "Request body is not valid JSON."),
+        (b"[1, 2]", 400, "Request body must be a JSON object."),
+        (b'{"prompt": "no model"}', 400, "model is required"),
+        (b'{"model": ""}', 400, "model is required"),
+        (b'{"model": 7}', 400, "model is required"),
+        (b"\xff\xfe not utf-8", 400, "Request body is not valid JSON."),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "Request body is not valid JSON."),
+    ],
+    ids=["truncated", "array", "missing", "empty", "number", "not-utf8", "deeply-nested"],
+)
+def test_bad_bodies_get_400_before_reaching_ollama(call, fake_ollama, body, status, message):
+    response = call(
+        "POST", "/api/generate", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == status
+    assert response.json() == {"error": message}
+    assert fake_ollama.requests == []
+
+
+def test_bad_bodies_on_v1_use_openai_shape(call, fake_ollama):
+    response = call("POST", "/v1/chat/completions", data=b"nope")
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_oversized_body_is_413(call, settings, fake_ollama):
+    settings.MAX_REQUEST_BODY_BYTES = 1000
+    response = call("POST", "/api/chat", json={"model": "llama3.2", "prompt": "x" * 2000})
+    assert response.status_code == 413
+    assert "larger than 1000 bytes" in response.json()["error"]
+    assert fake_ollama.requests == []
+
+
+@pytest.mark.parametrize(("fail", "status"), [("error500", 500), ("busy", 503)])
+def test_upstream_errors_pass_through_with_status_and_body(call, fake_ollama, fail, status):
+    fake_ollama.configure(fail=fail)
+    response = call(
+        "POST", "/api/generate", json={"model": "llama3.2", "prompt": "x", "stream": False}
+    )
+    assert response.status_code == status
+    assert "error" in response.json()
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/me", "/api/signout", "/api/user/keys/abc", "/api/experimental/web_search"]
+)
+def test_account_and_cloud_routes_are_not_exposed(call, fake_ollama, path):
+    response = call("POST", path, json={})
+    assert response.status_code == 404
+    assert response.json() == {"error": "Not found."}
+    assert fake_ollama.requests == []
+
+
+def test_cloud_models_are_hidden_from_user_keys(call, fake_ollama):
+    response = call("POST", "/api/generate", json={"model": "gpt-oss:120b-cloud", "prompt": "x"})
+    assert response.status_code == 404
+    assert fake_ollama.requests == []
+
+
+def test_wrong_method_is_405_in_shape(call, fake_ollama):
+    response = call("GET", "/api/generate")
+    assert response.status_code == 405
+    assert "error" in response.json()
