@@ -131,3 +131,18 @@ def served(gunicorn_gateway, transactional_db, fake_ollama_server):
     fake_ollama_server.reset()
     yield gunicorn_gateway
     fake_ollama_server.reset()
+
+
+@pytest.fixture(scope="session")
+def second_gunicorn_gateway(gunicorn_gateway, fake_ollama_server):
+    """Another gateway process group on the same database: limits must hold across both."""
+    port = free_port()
+    process = start_gunicorn(port, OLLAMA_BASE_URL=fake_ollama_server.url)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=20)
+
+
+@pytest.fixture
+def served_pair(served, second_gunicorn_gateway):
+    return served, second_gunicorn_gateway

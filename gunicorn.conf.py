@@ -6,6 +6,15 @@ from the environment (GUNICORN_* or gunicorn's own flags).
 """
 
 import os
+import shutil
+import tempfile
+
+# Workers share Prometheus metrics through files here (prometheus-client's multiprocess mode).
+# Set before any worker imports prometheus_client; emptied at every start.
+os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR",
+    os.path.join(tempfile.gettempdir(), f"ollama-gateway-metrics-{os.getpid()}"),
+)
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 worker_class = "gthread"
@@ -28,6 +37,10 @@ def on_starting(server):
     """Once, in the master, before any worker: migrate and insert the demo keys."""
     import django
 
+    metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    os.makedirs(metrics_dir)
+
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ollama_gateway.settings")
     django.setup()
     from django.db import connections
@@ -35,5 +48,16 @@ def on_starting(server):
     from ollama_gateway.startup import prepare
 
     prepare()
-    # Workers fork from the master: they must not inherit its database connections.
-    connections.close_all()
+    # Workers fork from the master: they must not inherit its connections, nor its connection
+    # pool (whose threads do not survive a fork). Each worker opens its own on first use.
+    for connection in connections.all():
+        connection.close()
+        if getattr(connection, "pool", None) is not None:
+            connection.close_pool()
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges (streams in flight) must not linger in the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,9 +1,16 @@
 """`Authorization: Bearer <key>` (or `X-API-Key: <key>`) authentication for DRF views."""
 
+import logging
+
+from django.conf import settings
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
 from keys.services import api_key_authenticate, api_key_touch
+from usage.services import auth_failure_hit
+from usage.throttling import RateLimited
+
+logger = logging.getLogger("keys.auth")
 
 
 def raw_key_from_request(request) -> str | None:
@@ -27,19 +34,35 @@ class ApiKeyAuthentication(BaseAuthentication):
         if raw is None:
             return None
         key = api_key_authenticate(raw)
-        # Remembered for the access log and usage records: the preview, never the raw key.
-        request.key_preview_attempted = key.preview if key else raw[:15]
         if key is None:
-            raise exceptions.AuthenticationFailed("Invalid API key.")
+            self.fail(request, "Invalid API key.", preview=None)
         if not key.is_active:
-            raise exceptions.AuthenticationFailed("This API key has been revoked.")
+            self.fail(request, "This API key has been revoked.", preview=key.preview)
         if key.is_expired():
-            raise exceptions.AuthenticationFailed("This API key has expired.")
+            self.fail(request, "This API key has expired.", preview=key.preview)
         api_key_touch(key)
         exchange = getattr(request, "exchange", None)
         if exchange is not None:
             exchange.key = key
         return key, key
+
+    def fail(self, request, message: str, *, preview: str | None):
+        """Log and count the failure; past the per-address limit, answer 429 instead of 401."""
+        address = getattr(request, "client_addr", None) or "unknown"
+        logger.warning(
+            "authentication failed: %s",
+            message,
+            extra={
+                "client_addr": address,
+                # A known key's preview; never anything of an unknown one beyond its shape.
+                "key_preview": preview,
+                "request_id": getattr(request, "request_id", None),
+            },
+        )
+        failures, reset = auth_failure_hit(client_addr=address)
+        if failures > settings.AUTH_FAILURES_PER_MINUTE:
+            raise RateLimited("Too many failed authentications; slow down.", wait=reset)
+        raise exceptions.AuthenticationFailed(message)
 
     def authenticate_header(self, request):
         # Makes DRF answer 401 (not 403) when credentials are missing or wrong.

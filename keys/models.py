@@ -16,6 +16,9 @@ class ApiKey(models.Model):
     # SHA-256 hex digest of the raw key (keys/crypto.py); its unique index serves authentication.
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     rate_limit = models.PositiveIntegerField(help_text="Requests per hour.")
+    token_quota = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Prompt + completion tokens per day (UTC); empty: none."
+    )
     allowed_models = models.JSONField(
         default=list, blank=True, help_text="Model names this key may use; empty means all."
     )
@@ -35,6 +38,10 @@ class ApiKey(models.Model):
             ),
             models.CheckConstraint(
                 condition=models.Q(role__in=["admin", "user"]), name="apikey_role_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(token_quota__isnull=True) | models.Q(token_quota__gt=0),
+                name="apikey_token_quota_gt_0",
             ),
         ]
 

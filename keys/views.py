@@ -2,14 +2,14 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from keys.models import ApiKey
 from keys.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer
 from keys.services import api_key_create, api_key_revoke
+from ollama_gateway.api import GatewayAPIView
 
 
-class ApiKeyListCreateView(APIView):
+class ApiKeyListCreateView(GatewayAPIView):
     """Create and list API keys (admin keys only)."""
 
     @extend_schema(responses=ApiKeySerializer(many=True), summary="List API keys")
@@ -33,7 +33,7 @@ class ApiKeyListCreateView(APIView):
         return Response(ApiKeyCreatedSerializer(key).data, status=status.HTTP_201_CREATED)
 
 
-class ApiKeyRevokeView(APIView):
+class ApiKeyRevokeView(GatewayAPIView):
     @extend_schema(responses={204: None}, summary="Revoke an API key, for good")
     def delete(self, request, preview):
         try:

@@ -11,6 +11,7 @@ A view declares its surface with an `error_surface` attribute.
 import logging
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
 from rest_framework import exceptions
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -76,6 +77,10 @@ def exception_handler(exc, context):
     response = drf_exception_handler(exc, context)
     view = context.get("view")
     surface = getattr(view, "error_surface", DRF)
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # Keys and limits cannot be checked: fail closed, quickly, and say why.
+        logger.error("database unavailable: %s", type(exc).__name__)
+        return error_response(surface, 503, "The gateway's database is unavailable.")
     if response is None:
         # Not an API exception: a bug. Log it; the caller gets no stack trace.
         logger.exception("unhandled error", exc_info=exc)

@@ -1,9 +1,10 @@
-"""Request id, and one usage record per API request."""
+"""Request id, client address, rate-limit headers, and one usage record per API request."""
 
 import logging
 import re
 import uuid
 
+from django.conf import settings
 from django.db import DatabaseError
 
 from usage.services import Exchange, usage_record
@@ -21,6 +22,26 @@ def request_id_for(request) -> str:
     return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
+def client_address(request) -> str | None:
+    """The caller's address; behind a trusted reverse proxy, the one it says it served."""
+    remote = request.META.get("REMOTE_ADDR") or None
+    if remote not in settings.TRUSTED_PROXIES:
+        return remote
+    hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+    # The rightmost address no trusted proxy added is the client's.
+    for hop in reversed(hops):
+        if hop not in settings.TRUSTED_PROXIES:
+            return hop[:45]
+    return remote
+
+
+def add_rate_limit_headers(response, state) -> None:
+    for prefix in ("RateLimit", "X-RateLimit"):
+        response[f"{prefix}-Limit"] = str(state.limit)
+        response[f"{prefix}-Remaining"] = str(state.remaining)
+        response[f"{prefix}-Reset"] = str(state.reset)
+
+
 class GatewayMiddleware:
     """Gives every request an id (returned as X-Request-ID) and an Exchange for API routes.
 
@@ -33,16 +54,20 @@ class GatewayMiddleware:
 
     def __call__(self, request):
         request.request_id = request_id_for(request)
+        request.client_addr = client_address(request)
         path = request.path
         if path.startswith(_RECORDED_PREFIXES) and not path.startswith(_UNRECORDED):
             request.exchange = Exchange(
                 method=request.method,
                 route=path[:64],
                 request_id=request.request_id,
-                client_addr=request.META.get("REMOTE_ADDR") or None,
+                client_addr=request.client_addr,
             )
         response = self.get_response(request)
         response["X-Request-ID"] = request.request_id
+        state = getattr(request, "rate_limit", None)
+        if state is not None:
+            add_rate_limit_headers(response, state)
         exchange = getattr(request, "exchange", None)
         if exchange is not None and not exchange.deferred:
             exchange.status = exchange.status or response.status_code

@@ -164,6 +164,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_CLASSES": ["usage.throttling.KeyRateThrottle"],
     "EXCEPTION_HANDLER": "ollama_gateway.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
@@ -205,6 +206,17 @@ DEFAULT_RATE_LIMIT_USER = env.int("DEFAULT_RATE_LIMIT_USER", default=100)
 DEFAULT_RATE_LIMIT_ADMIN = env.int("DEFAULT_RATE_LIMIT_ADMIN", default=1000)
 # `last_used_at` is written at most this often per key, so that requests do not each pay a write.
 API_KEY_LAST_USED_RESOLUTION = env.int("API_KEY_LAST_USED_RESOLUTION", default=60)
+
+# Failed authentications per client address and minute before the gateway answers 429.
+AUTH_FAILURES_PER_MINUTE = env.int("AUTH_FAILURES_PER_MINUTE", default=20)
+# Reverse proxies whose X-Forwarded-For names the real client (for limits, records and logs).
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+
+# --- Metrics -----------------------------------------------------------------------------------
+# GET /metrics answers requests carrying `Authorization: Bearer <METRICS_TOKEN>` when it is set,
+# and requests from these addresses.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 
 # --- Logging -----------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()

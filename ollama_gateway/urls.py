@@ -12,6 +12,7 @@ urlpatterns = [
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("", include("keys.urls")),
+    path("", include("usage.urls")),
     path("", include("proxy.urls")),
 ]
 

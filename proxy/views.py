@@ -14,9 +14,9 @@ from django.db import connection
 from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
-from rest_framework.views import APIView
 
 from keys.permissions import IsAdminKey, IsApiKey
+from ollama_gateway.api import GatewayAPIView
 from ollama_gateway.errors import OLLAMA, OPENAI, error_response
 from proxy.streaming import StreamRelay, usage_from_body
 from proxy.upstream import HOP_BY_HOP, upstream
@@ -71,7 +71,7 @@ def not_found_message(surface: str, model: str) -> str:
     return f"model '{model}' not found"
 
 
-class ProxyView(APIView):
+class ProxyView(GatewayAPIView):
     """Relays one request to `upstream_path` on Ollama and its answer back, streamed or not."""
 
     error_surface = OLLAMA
@@ -161,7 +161,7 @@ class ProxyView(APIView):
         relay = StreamRelay(
             response, surface=self.error_surface, started=exchange.started, on_finish=on_finish
         )
-        if connection.vendor == "postgresql" and getattr(connection, "pool", None):
+        if getattr(connection, "pool", None) is not None and not connection.in_atomic_block:
             # Give the pooled connection back for the stream's lifetime (minutes, maybe):
             # the record at its end takes one again.
             connection.close()

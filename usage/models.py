@@ -44,3 +44,102 @@ class UsageRecord(models.Model):
 
     def __str__(self):
         return f"{self.method} {self.route} {self.status} ({self.request_id})"
+
+
+# Upper bounds (ms) of the latency histogram kept in each rollup row; the last bucket is open.
+LATENCY_BUCKETS_MS = (
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    30_000,
+    60_000,
+    300_000,
+)
+LATENCY_COLUMNS = tuple(f"latency_b{i}" for i in range(len(LATENCY_BUCKETS_MS) + 1))
+OUTCOME_COLUMNS = {outcome: f"n_{outcome}" for outcome in UsageRecord.Outcome.values}
+
+
+class UsageRollup(models.Model):
+    """Requests of one key on one model in one hour, summed as they finish.
+
+    Statistics read these rows, never the raw records, so their cost does not grow with
+    traffic. Rows are upserted atomically (`INSERT ... ON CONFLICT DO UPDATE`).
+    """
+
+    # The key's id, or 0 for requests that failed authentication. Not a foreign key: the
+    # upsert's conflict target must never be NULL, and keys are never deleted anyway.
+    key_pk = models.BigIntegerField()
+    model = models.CharField(max_length=200)
+    hour = models.DateTimeField()
+    requests = models.PositiveBigIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    latency_ms_sum = models.FloatField(default=0)
+    ttft_ms_sum = models.FloatField(default=0)
+    ttft_count = models.PositiveBigIntegerField(default=0)
+    # One counter per outcome (n_ok, n_upstream_error, ...) and per latency bucket.
+    locals().update(
+        {column: models.PositiveBigIntegerField(default=0) for column in OUTCOME_COLUMNS.values()}
+    )
+    locals().update(
+        {column: models.PositiveBigIntegerField(default=0) for column in LATENCY_COLUMNS}
+    )
+
+    class Meta:
+        constraints = [
+            # The upsert's conflict target.
+            models.UniqueConstraint(
+                fields=["key_pk", "model", "hour"], name="rollup_key_model_hour"
+            )
+        ]
+        indexes = [
+            # Statistics for a period (admin: all keys).
+            models.Index(fields=["hour"], name="rollup_hour"),
+        ]
+
+    def __str__(self):
+        return f"key {self.key_pk} {self.model} {self.hour:%Y-%m-%d %H:00}: {self.requests}"
+
+
+class RateCounter(models.Model):
+    """Requests of one key in one clock hour: the rate limit's counter, updated atomically."""
+
+    key = models.ForeignKey(ApiKey, on_delete=models.CASCADE)
+    window_start = models.DateTimeField()
+    requests = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["key", "window_start"], name="ratecounter_key_window")
+        ]
+        # Pruning expired windows.
+        indexes = [models.Index(fields=["window_start"], name="ratecounter_window")]
+
+    def __str__(self):
+        return f"{self.key_id} @ {self.window_start:%Y-%m-%d %H:00}: {self.requests}"
+
+
+class AuthFailureCounter(models.Model):
+    """Failed authentications from one address in one minute: guessing is slowed with 429."""
+
+    client_addr = models.CharField(max_length=45)
+    window_start = models.DateTimeField()
+    failures = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["client_addr", "window_start"], name="authfailure_addr_window"
+            )
+        ]
+        indexes = [models.Index(fields=["window_start"], name="authfailure_window")]
+
+    def __str__(self):
+        return f"{self.client_addr} @ {self.window_start:%H:%M}: {self.failures}"

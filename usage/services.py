@@ -1,12 +1,31 @@
-"""Usage: how much each key consumed. Records are written by `usage_record` only."""
+"""Usage: how much each key consumed, and the limits on it.
 
+Write paths on every request (each one a single atomic SQL statement, so limits hold exactly
+across threads and processes):
+- `rate_limit_hit`: count a request against its key's hourly window, refusing past the limit;
+- `usage_record`: write the raw record and add it to the hourly rollup, once per request;
+- `auth_failure_hit`: count a failed authentication against the client's address.
+"""
+
+import bisect
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
+from django.db import connection, transaction
 from django.utils import timezone
 
-from usage.models import UsageRecord
+from usage import metrics
+from usage.models import (
+    LATENCY_BUCKETS_MS,
+    LATENCY_COLUMNS,
+    OUTCOME_COLUMNS,
+    AuthFailureCounter,
+    RateCounter,
+    UsageRecord,
+    UsageRollup,
+)
 
 logger = logging.getLogger("usage")
 
@@ -36,7 +55,7 @@ class Exchange:
     request_id: str
     client_addr: str | None
     started: float = field(default_factory=time.monotonic)
-    started_at: object = field(default_factory=timezone.now)
+    started_at: datetime = field(default_factory=timezone.now)
     key: object = None
     model: str = ""
     status: int = 0
@@ -49,13 +68,71 @@ class Exchange:
     recorded: bool = False
 
 
+# --- Records and rollups ------------------------------------------------------------------------
+
+_RECORD_FIELDS = [f for f in UsageRecord._meta.concrete_fields if not f.primary_key]
+_RECORD_INSERT = "INSERT INTO {table} ({columns}) VALUES ({values})".format(
+    table=UsageRecord._meta.db_table,
+    columns=", ".join(f.column for f in _RECORD_FIELDS),
+    values=", ".join(["%s"] * len(_RECORD_FIELDS)),
+)
+_ROLLUP_KEYS = ("key_pk", "model", "hour")
+_ROLLUP_SUMS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms_sum",
+    "ttft_ms_sum",
+    "ttft_count",
+    *OUTCOME_COLUMNS.values(),
+    *LATENCY_COLUMNS,
+)
+_ROLLUP_UPSERT = (
+    "INSERT INTO {table} ({columns}) VALUES ({values}) "
+    "ON CONFLICT ({keys}) DO UPDATE SET {sums}".format(
+        table=UsageRollup._meta.db_table,
+        columns=", ".join(_ROLLUP_KEYS + _ROLLUP_SUMS),
+        values=", ".join(["%s"] * (len(_ROLLUP_KEYS) + len(_ROLLUP_SUMS))),
+        keys=", ".join(_ROLLUP_KEYS),
+        sums=", ".join(
+            f"{c} = {UsageRollup._meta.db_table}.{c} + excluded.{c}" for c in _ROLLUP_SUMS
+        ),
+    )
+)
+# PostgreSQL: the record and its rollup in one statement, one round trip, atomically.
+_RECORD_AND_ROLLUP = f"WITH record AS ({_RECORD_INSERT}) {_ROLLUP_UPSERT}"
+
+
+def _hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _rollup_params(record: UsageRecord) -> list:
+    tokens_in, tokens_out = record.prompt_tokens or 0, record.completion_tokens or 0
+    bucket = bisect.bisect_left(LATENCY_BUCKETS_MS, record.latency_ms)
+    sums = {
+        "requests": 1,
+        "prompt_tokens": tokens_in,
+        "completion_tokens": tokens_out,
+        "latency_ms_sum": record.latency_ms,
+        "ttft_ms_sum": record.ttft_ms or 0.0,
+        "ttft_count": 1 if record.ttft_ms is not None else 0,
+        **{column: int(outcome == record.outcome) for outcome, column in OUTCOME_COLUMNS.items()},
+        **{column: int(i == bucket) for i, column in enumerate(LATENCY_COLUMNS)},
+    }
+    hour = connection.ops.adapt_datetimefield_value(_hour(record.started_at))
+    return [record.key_id or 0, record.model, hour, *(sums[c] for c in _ROLLUP_SUMS)]
+
+
 def usage_record(exchange: Exchange) -> None:
-    """Write the record of a finished request (once; a second call is a no-op). One INSERT."""
+    """Write the record of a finished request and add it to its rollup (once per exchange).
+
+    One round trip on PostgreSQL (a CTE), one short transaction of two statements on SQLite.
+    """
     if exchange.recorded:
         return
     exchange.recorded = True
-    latency_ms = (time.monotonic() - exchange.started) * 1000
-    UsageRecord.objects.create(
+    record = UsageRecord(
         key=exchange.key,
         started_at=exchange.started_at,
         method=exchange.method,
@@ -63,24 +140,150 @@ def usage_record(exchange: Exchange) -> None:
         model=exchange.model[:200],
         status=exchange.status,
         outcome=exchange.outcome or outcome_for_status(exchange.status),
-        latency_ms=latency_ms,
+        latency_ms=(time.monotonic() - exchange.started) * 1000,
         ttft_ms=exchange.ttft_ms,
         prompt_tokens=exchange.prompt_tokens,
         completion_tokens=exchange.completion_tokens,
         request_id=exchange.request_id,
         client_addr=exchange.client_addr,
     )
+    record_params = [
+        f.get_db_prep_save(f.value_from_object(record), connection) for f in _RECORD_FIELDS
+    ]
+    rollup_params = _rollup_params(record)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_RECORD_AND_ROLLUP, record_params + rollup_params)
+    else:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_RECORD_INSERT, record_params)
+            cursor.execute(_ROLLUP_UPSERT, rollup_params)
+    metrics.observe(record)
     logger.info(
         "%s %s %s %s %.1fms",
-        exchange.method,
-        exchange.route,
-        exchange.status,
-        exchange.outcome or outcome_for_status(exchange.status),
-        latency_ms,
+        record.method,
+        record.route,
+        record.status,
+        record.outcome,
+        record.latency_ms,
         extra={
-            "request_id": exchange.request_id,
+            "request_id": record.request_id,
             "key_preview": getattr(exchange.key, "preview", None),
-            "model": exchange.model,
-            "client_addr": exchange.client_addr,
+            "model": record.model,
+            "client_addr": record.client_addr,
+            "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens,
         },
     )
+
+
+# --- Limits -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RateLimitState:
+    limit: int
+    remaining: int
+    reset: int  # seconds until the window ends
+    allowed: bool
+
+
+def _counter_increment_sql(table: str, keys: tuple[str, ...], column: str, *, capped=False):
+    """Insert a counter row at 1 or add 1 to it, returning the new count. With `capped`, only
+    while the count is under a limit passed as the last parameter (no row returned past it)."""
+    names = ", ".join(keys)
+    sql = (
+        f"INSERT INTO {table} ({names}, {column}) VALUES ({', '.join(['%s'] * len(keys))}, 1) "
+        f"ON CONFLICT ({names}) DO UPDATE SET {column} = {table}.{column} + 1 "
+    )
+    if capped:
+        sql += f"WHERE {table}.{column} < %s "
+    return sql + f"RETURNING {column}"
+
+
+_RATE_HIT = _counter_increment_sql(
+    RateCounter._meta.db_table, ("key_id", "window_start"), "requests", capped=True
+)
+
+
+def rate_limit_hit(*, key, now: datetime | None = None) -> RateLimitState:
+    """Count one request in its key's current hour, unless the limit is reached.
+
+    A single upsert: the row is only incremented while under the limit, and the database
+    serializes concurrent increments of one row, so exactly `rate_limit` requests get through
+    per hour whatever the number of threads and processes.
+    """
+    now = now or timezone.now()
+    window = _hour(now)
+    reset = int((window + timedelta(hours=1) - now).total_seconds()) + 1
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _RATE_HIT,
+            [key.pk, connection.ops.adapt_datetimefield_value(window), key.rate_limit],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return RateLimitState(key.rate_limit, 0, reset, allowed=False)
+    return RateLimitState(key.rate_limit, max(key.rate_limit - row[0], 0), reset, allowed=True)
+
+
+def tokens_used_today(*, key, now: datetime | None = None) -> int:
+    """Prompt + completion tokens of `key` since 00:00 UTC, from the rollups (a few rows)."""
+    day = (now or timezone.now()).replace(hour=0, minute=0, second=0, microsecond=0)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) "
+            f"FROM {UsageRollup._meta.db_table} WHERE key_pk = %s AND hour >= %s",
+            [key.pk, connection.ops.adapt_datetimefield_value(day)],
+        )
+        return int(cursor.fetchone()[0])
+
+
+_AUTH_FAILURE_HIT = _counter_increment_sql(
+    AuthFailureCounter._meta.db_table, ("client_addr", "window_start"), "failures"
+)
+
+
+def auth_failure_hit(*, client_addr: str, now: datetime | None = None) -> tuple[int, int]:
+    """Count a failed authentication from `client_addr` in the current minute.
+
+    Returns (failures so far this minute, seconds until the minute ends). Only failures pay
+    for this: requests with a valid key never touch the table.
+    """
+    now = now or timezone.now()
+    window = now.replace(second=0, microsecond=0)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _AUTH_FAILURE_HIT, [client_addr, connection.ops.adapt_datetimefield_value(window)]
+        )
+        failures = cursor.fetchone()[0]
+    return failures, 60 - now.second
+
+
+# --- Retention ----------------------------------------------------------------------------------
+
+
+def usage_prune(*, older_than: timedelta, batch_size: int = 10_000, pause: float = 0.0) -> int:
+    """Delete raw records older than `older_than` in short batches (no long table lock).
+
+    Rollups are kept: statistics for old periods stay available. Expired limit counters go too.
+    Returns the number of records deleted.
+    """
+    cutoff = timezone.now() - older_than
+    deleted = 0
+    while True:
+        ids = list(
+            UsageRecord.objects.filter(started_at__lt=cutoff)
+            .order_by()
+            .values_list("pk", flat=True)[:batch_size]
+        )
+        if not ids:
+            break
+        deleted += UsageRecord.objects.filter(pk__in=ids).delete()[0]
+        if pause:
+            time.sleep(pause)
+    RateCounter.objects.filter(window_start__lt=timezone.now() - timedelta(hours=2)).delete()
+    AuthFailureCounter.objects.filter(
+        window_start__lt=timezone.now() - timedelta(minutes=10)
+    ).delete()
+    return deleted

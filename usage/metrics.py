@@ -1,0 +1,81 @@
+"""Prometheus metrics. Under gunicorn every worker writes to PROMETHEUS_MULTIPROC_DIR (set by
+gunicorn.conf.py) and /metrics sums them; a single process uses the default registry."""
+
+import os
+import re
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+REQUESTS = Counter(
+    "gateway_requests_total",
+    "API requests by route, model, status and outcome",
+    ["route", "model", "status", "outcome"],
+)
+LATENCY = Histogram(
+    "gateway_request_duration_seconds", "Until the last byte was sent", ["route"], buckets=_SECONDS
+)
+TTFT = Histogram(
+    "gateway_time_to_first_token_seconds",
+    "Until the first byte of a stream",
+    ["route"],
+    buckets=_SECONDS,
+)
+TOKENS = Counter("gateway_tokens_total", "Tokens by model and kind", ["model", "kind"])
+UPSTREAM_ERRORS = Counter(
+    "gateway_upstream_errors_total",
+    "Requests that Ollama failed or timed out",
+    ["route", "outcome"],
+)
+STREAMS_IN_FLIGHT = Gauge(
+    "gateway_streams_in_flight", "Streams being relayed now", multiprocess_mode="livesum"
+)
+
+# Parametric routes collapse to one label value each, so clients cannot mint new series.
+_ROUTE_PATTERNS = (
+    (re.compile(r"^/api/blobs/.*"), "/api/blobs/{digest}"),
+    (re.compile(r"^/v1/models/.+"), "/v1/models/{model}"),
+    (re.compile(r"^/api/keys/.+"), "/api/keys/{preview}"),
+)
+
+
+def route_label(path: str) -> str:
+    for pattern, label in _ROUTE_PATTERNS:
+        if pattern.match(path):
+            return label
+    return path
+
+
+def observe(record) -> None:
+    """Count one finished request (called by usage_record only)."""
+    route = route_label(record.route)
+    # Only models that answered become label values: names in failed requests are arbitrary.
+    model = record.model if record.outcome == "ok" else ""
+    REQUESTS.labels(route, model, str(record.status), record.outcome).inc()
+    LATENCY.labels(route).observe(record.latency_ms / 1000)
+    if record.ttft_ms is not None:
+        TTFT.labels(route).observe(record.ttft_ms / 1000)
+    if record.prompt_tokens:
+        TOKENS.labels(model, "prompt").inc(record.prompt_tokens)
+    if record.completion_tokens:
+        TOKENS.labels(model, "completion").inc(record.completion_tokens)
+    if record.outcome in ("upstream_error", "timeout"):
+        UPSTREAM_ERRORS.labels(route, record.outcome).inc()
+
+
+def render() -> tuple[bytes, str]:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,114 @@
+"""Statistics, answered from the hourly rollups: their cost follows the number of keys x models
+x hours in the period, never the number of requests."""
+
+from datetime import datetime
+
+from django.db.models import Sum
+from django.db.models.functions import Trunc
+
+from keys.models import ApiKey
+from usage.models import LATENCY_BUCKETS_MS, LATENCY_COLUMNS, OUTCOME_COLUMNS, UsageRollup
+
+_SUMMED = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms_sum",
+    "ttft_ms_sum",
+    "ttft_count",
+    *OUTCOME_COLUMNS.values(),
+    *LATENCY_COLUMNS,
+)
+_SUMS = {column: Sum(column) for column in _SUMMED}
+
+
+def percentile(histogram: list[int], q: float) -> float | None:
+    """Estimate a latency percentile (ms) from bucket counts, interpolating inside the bucket."""
+    total = sum(histogram)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    bounds = (0, *LATENCY_BUCKETS_MS, LATENCY_BUCKETS_MS[-1])
+    for i, count in enumerate(histogram):
+        if count and seen + count >= rank:
+            low, high = bounds[i], bounds[i + 1]
+            return round(low + (high - low) * (rank - seen) / count, 1)
+        seen += count
+    return float(LATENCY_BUCKETS_MS[-1])
+
+
+def summarize(row: dict) -> dict:
+    """One group's sums, in the shape the API, the admin and the CSV show."""
+    row = {column: row.get(column) or 0 for column in _SUMMED}
+    requests = row["requests"]
+    outcomes = {outcome: row[column] for outcome, column in OUTCOME_COLUMNS.items()}
+    histogram = [row[column] for column in LATENCY_COLUMNS]
+    return {
+        "requests": requests,
+        "prompt_tokens": row["prompt_tokens"],
+        "completion_tokens": row["completion_tokens"],
+        "total_tokens": row["prompt_tokens"] + row["completion_tokens"],
+        "errors": outcomes["upstream_error"] + outcomes["timeout"],
+        "rate_limited": outcomes["rate_limited"],
+        "outcomes": outcomes,
+        "latency_ms": {
+            "avg": round(row["latency_ms_sum"] / requests, 1) if requests else None,
+            "p50": percentile(histogram, 0.50),
+            "p95": percentile(histogram, 0.95),
+        },
+        "ttft_ms_avg": round(row["ttft_ms_sum"] / row["ttft_count"], 1)
+        if row["ttft_count"]
+        else None,
+    }
+
+
+def usage_stats(
+    *,
+    start: datetime,
+    end: datetime,
+    granularity: str = "hour",
+    model: str | None = None,
+    key: ApiKey | None = None,
+    per_key: bool = False,
+) -> dict:
+    """Totals, by model, over time (hour or day buckets) and, for admins, by key.
+
+    `start` is rounded down to its hour: rollups are hourly. Four indexed aggregate queries.
+    """
+    start = start.replace(minute=0, second=0, microsecond=0)
+    rows = UsageRollup.objects.filter(hour__gte=start, hour__lt=end)
+    if key is not None:
+        rows = rows.filter(key_pk=key.pk)
+    if model:
+        rows = rows.filter(model=model)
+    result = {
+        "from": start,
+        "to": end,
+        "granularity": granularity,
+        "totals": summarize(rows.aggregate(**_SUMS)),
+        "by_model": [
+            {"model": row["model"], **summarize(row)}
+            for row in rows.values("model").annotate(**_SUMS).order_by("-requests", "model")
+        ],
+        "series": [
+            {"time": row["bucket"], **summarize(row)}
+            for row in rows.annotate(bucket=Trunc("hour", granularity))
+            .values("bucket")
+            .annotate(**_SUMS)
+            .order_by("bucket")
+        ],
+    }
+    if per_key:
+        by_key = list(rows.values("key_pk").annotate(**_SUMS).order_by("-requests")[:100])
+        keys = ApiKey.objects.in_bulk([r["key_pk"] for r in by_key if r["key_pk"]])
+        result["by_key"] = [
+            {
+                # None: requests that failed authentication.
+                "key": keys[row["key_pk"]].preview if row["key_pk"] in keys else None,
+                "name": keys[row["key_pk"]].name if row["key_pk"] in keys else None,
+                **summarize(row),
+            }
+            for row in by_key
+        ]
+    return result

@@ -1,0 +1,92 @@
+import json
+import logging
+
+import pytest
+
+from ollama_gateway.logs import JsonFormatter
+
+
+def test_metrics_for_allowed_addresses(client, user_key, client_for, fake_ollama):
+    client_for(user_key[1]).post(
+        "/api/generate",
+        {"model": "llama3.2", "prompt": "hi", "stream": False},
+        format="json",
+    )
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert (
+        'gateway_requests_total{model="llama3.2",outcome="ok",route="/api/generate",status="200"}'
+        in text
+    )
+    assert "gateway_request_duration_seconds_bucket" in text
+    assert 'gateway_tokens_total{kind="completion",model="llama3.2"}' in text
+    assert "gateway_streams_in_flight" in text
+
+
+def test_metrics_refused_elsewhere_unless_token(client, settings):
+    assert client.get("/metrics", REMOTE_ADDR="203.0.113.9").status_code == 403
+    settings.METRICS_TOKEN = "scrape-me"
+    wrong = client.get("/metrics", REMOTE_ADDR="203.0.113.9", HTTP_AUTHORIZATION="Bearer nope")
+    assert wrong.status_code == 403
+    right = client.get("/metrics", REMOTE_ADDR="203.0.113.9", HTTP_AUTHORIZATION="Bearer scrape-me")
+    assert right.status_code == 200
+
+
+def test_no_raw_key_ever_reaches_the_logs(gateway, admin_key, make_key, caplog, fake_ollama):
+    import requests
+
+    caplog.set_level(logging.DEBUG)
+    _, user_raw = make_key(name="logged")
+    created = requests.post(
+        f"{gateway}/api/keys",
+        json={"name": "new"},
+        headers={"Authorization": f"Bearer {admin_key[1]}"},
+        timeout=10,
+    ).json()["key"]
+    for raw in (admin_key[1], user_raw, created, "ollama-" + "g" * 43):
+        requests.post(
+            f"{gateway}/api/generate",
+            json={"model": "llama3.2", "prompt": "x", "stream": False},
+            headers={"Authorization": f"Bearer {raw}"},
+            timeout=10,
+        )
+    formatter = JsonFormatter()
+    lines = [formatter.format(r) for r in caplog.records]
+    logged = "\n".join(lines)
+    assert "authentication failed" in logged and "/api/generate" in logged
+    for raw in (admin_key[1], user_raw, created, "g" * 43):
+        assert raw not in logged
+
+
+def test_json_log_lines(caplog):
+    logger = logging.getLogger("usage")
+    record = logger.makeRecord(
+        "usage",
+        logging.INFO,
+        __file__,
+        1,
+        "POST %s",
+        ("/api/chat",),
+        None,
+        extra={"request_id": "abc", "key_preview": "ollama-abcdefgh"},
+    )
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "POST /api/chat"
+    assert line["request_id"] == "abc" and line["key_preview"] == "ollama-abcdefgh"
+    assert line["level"] == "INFO"
+
+
+@pytest.mark.parametrize("path", ["/api/version", "/v1/models"])
+def test_database_down_fails_closed_with_503(client, user_key, settings, path, monkeypatch):
+    from django.db import OperationalError
+
+    from keys import authentication
+
+    def broken(raw):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(authentication, "api_key_authenticate", broken)
+    response = client.get(path, HTTP_AUTHORIZATION=f"Bearer {user_key[1]}")
+    assert response.status_code == 503
+    assert "database is unavailable" in response.content.decode()

@@ -1,0 +1,85 @@
+"""One usage record per request that reached authentication, whatever its outcome, written
+with a constant, small number of database round trips."""
+
+import pytest
+import requests
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from keys.models import ApiKey
+from usage.models import UsageRecord
+
+
+def bearer(raw):
+    return {"Authorization": f"Bearer {raw}"}
+
+
+def test_records_name_their_outcome(gateway, user_key, fake_ollama, settings):
+    key, raw = user_key
+    url = gateway
+    requests.post(
+        f"{url}/api/generate",
+        json={"model": "llama3.2", "prompt": "hi", "stream": False},
+        headers=bearer(raw),
+        timeout=10,
+    )
+    requests.post(f"{url}/api/generate", data=b"{", headers=bearer(raw), timeout=10)
+    requests.post(f"{url}/api/pull", json={"model": "x"}, headers=bearer(raw), timeout=10)
+    requests.get(f"{url}/api/tags", timeout=10)
+    fake_ollama.configure(fail="error500")
+    requests.post(
+        f"{url}/api/chat",
+        json={"model": "llama3.2", "messages": []},
+        headers=bearer(raw),
+        timeout=10,
+    )
+    records = list(UsageRecord.objects.order_by("started_at"))
+    assert [(r.route, r.status, r.outcome) for r in records] == [
+        ("/api/generate", 200, "ok"),
+        ("/api/generate", 400, "bad_request"),
+        ("/api/pull", 403, "denied"),
+        ("/api/tags", 401, "denied"),
+        ("/api/chat", 500, "upstream_error"),
+    ]
+    ok = records[0]
+    assert ok.key == key and ok.model == "llama3.2"
+    assert ok.completion_tokens == 5 and ok.prompt_tokens > 0
+    assert ok.client_addr == "127.0.0.1" and len(ok.request_id) == 32
+    assert ok.latency_ms > 0 and ok.ttft_ms is None
+    assert records[3].key is None
+
+
+def test_upstream_timeout_is_recorded(gateway, user_key, fake_ollama, settings):
+    settings.OLLAMA_READ_TIMEOUT = 0.3
+    fake_ollama.configure(fail="hang")
+    requests.post(
+        f"{gateway}/api/chat",
+        json={"model": "llama3.2", "messages": []},
+        headers=bearer(user_key[1]),
+        timeout=10,
+    )
+    assert UsageRecord.objects.get().outcome == "timeout"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_database_round_trips_per_proxied_request(client, user_key, fake_ollama, stream):
+    """Key lookup, rate-limit upsert, record + rollup: three on PostgreSQL (the record and its
+    rollup share one statement); SQLite runs the last two as separate statements."""
+    key, raw = user_key
+    ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(
+            "/api/generate",
+            {"model": "llama3.2", "prompt": "hi", "stream": stream},
+            content_type="application/json",
+            headers=bearer(raw),
+        )
+        if stream:
+            # The relay writes the record when the stream is exhausted.
+            b"".join(response.streaming_content)
+    assert response.status_code == 200
+    statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    expected = 3 if connection.vendor == "postgresql" else 4
+    assert len(statements) == expected, statements
+    assert UsageRecord.objects.filter(key=key, outcome="ok").count() == 1
