@@ -28,7 +28,7 @@ class ApiKeyCreateForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["name", "role", "rate_limit", "expires_at", "allowed_models"]
+        fields = ["name", "role", "rate_limit", "token_quota", "expires_at", "allowed_models"]
 
     def clean(self):
         cleaned = super().clean()
@@ -48,7 +48,7 @@ class ApiKeyChangeForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["name", "rate_limit", "expires_at", "allowed_models"]
+        fields = ["name", "rate_limit", "token_quota", "expires_at", "allowed_models"]
 
 
 @admin.register(ApiKey)
@@ -59,6 +59,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "role",
         "is_active",
         "rate_limit",
+        "token_quota",
         "last_used_at",
         "expires_at",
         "created_at",

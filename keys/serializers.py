@@ -14,6 +14,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "name",
             "role",
             "rate_limit",
+            "token_quota",
             "allowed_models",
             "is_active",
             "expires_at",
@@ -36,6 +37,12 @@ class ApiKeyCreateSerializer(serializers.Serializer):
     )
     rate_limit = serializers.IntegerField(
         min_value=1, required=False, help_text="Requests per hour; defaults by role."
+    )
+    token_quota = serializers.IntegerField(
+        min_value=1,
+        required=False,
+        allow_null=True,
+        help_text="Prompt + completion tokens per day (UTC); omitted: no quota.",
     )
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
     allowed_models = serializers.ListField(

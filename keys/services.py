@@ -29,6 +29,7 @@ def api_key_validate(
     rate_limit: int | None,
     expires_at: datetime | None,
     allowed_models: list[str],
+    token_quota: int | None = None,
 ) -> None:
     """Raise ValidationError naming each bad field and what it accepts."""
     errors = {}
@@ -40,6 +41,8 @@ def api_key_validate(
         errors["role"] = f'"{role}" is not a valid role; allowed values: {ROLES}.'
     if rate_limit is not None and (isinstance(rate_limit, bool) or rate_limit <= 0):
         errors["rate_limit"] = "Must be a positive number of requests per hour."
+    if token_quota is not None and (isinstance(token_quota, bool) or token_quota <= 0):
+        errors["token_quota"] = "Must be a positive number of tokens per day, or empty for none."
     if expires_at is not None:
         if timezone.is_naive(expires_at):
             errors["expires_at"] = "Must include a time zone."
@@ -60,6 +63,7 @@ def api_key_create(
     rate_limit: int | None = None,
     expires_at: datetime | None = None,
     allowed_models: list[str] | None = None,
+    token_quota: int | None = None,
     created_by: str = "",
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its raw value, which exists nowhere else afterwards."""
@@ -70,6 +74,7 @@ def api_key_create(
         rate_limit=rate_limit,
         expires_at=expires_at,
         allowed_models=allowed_models,
+        token_quota=token_quota,
     )
     for _attempt in range(3):
         raw = crypto.generate_key()
@@ -79,6 +84,7 @@ def api_key_create(
             rate_limit=rate_limit or default_rate_limit(role),
             expires_at=expires_at,
             allowed_models=allowed_models,
+            token_quota=token_quota,
             created_by=created_by,
             preview=crypto.key_preview(raw),
             key_hash=crypto.hash_key(raw),

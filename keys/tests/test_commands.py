@@ -24,6 +24,8 @@ def test_createapikey_prints_the_key_once(db):
         "5",
         "--expires-in",
         "2",
+        "--token-quota",
+        "5000",
         "--models",
         "llama3.2, qwen2.5:0.5b",
     )
@@ -31,7 +33,7 @@ def test_createapikey_prints_the_key_once(db):
     key = ApiKey.objects.get(key_hash=crypto.hash_key(raw))
     assert (key.name, key.role, key.rate_limit) == ("ci", "admin", 5)
     assert key.allowed_models == ["llama3.2", "qwen2.5:0.5b"]
-    assert key.expires_at is not None
+    assert key.expires_at is not None and key.token_quota == 5000
     assert key.preview in err and raw not in err
 
 
@@ -43,6 +45,7 @@ def test_createapikey_prints_the_key_once(db):
         (["--name", "x", "--rate-limit", "many"], "invalid int"),
         (["--name", "x", "--expires-in", "-1"], "--expires-in"),
         (["--name", " "], "name"),
+        (["--name", "x", "--token-quota", "-3"], "token_quota"),
         ([], "--name"),
     ],
 )

@@ -17,7 +17,13 @@ def admin(admin_key, client_for):
 def test_create_returns_the_raw_key_once_and_it_works(admin, client_for):
     response = admin.post(
         "/api/keys",
-        {"name": "alice", "role": "user", "rate_limit": 50, "allowed_models": ["llama3.2"]},
+        {
+            "name": "alice",
+            "role": "user",
+            "rate_limit": 50,
+            "token_quota": 100000,
+            "allowed_models": ["llama3.2"],
+        },
         format="json",
     )
     assert response.status_code == 201
@@ -25,6 +31,7 @@ def test_create_returns_the_raw_key_once_and_it_works(admin, client_for):
     raw = body["key"]
     assert raw.startswith("ollama-") and body["preview"] == raw[:15]
     assert body["rate_limit"] == 50 and body["allowed_models"] == ["llama3.2"]
+    assert body["token_quota"] == 100000
     assert "key_hash" not in body
     stored = ApiKey.objects.get(preview=body["preview"])
     assert stored.key_hash == crypto.hash_key(raw)
@@ -77,6 +84,7 @@ def test_revoke_unknown_key_is_404(admin):
         ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at", ["future"]),
         ({"name": "x", "expires_at": "tomorrow"}, "expires_at", ["format"]),
         ({"name": "x", "allowed_models": "llama3.2"}, "allowed_models", ["list"]),
+        ({"name": "x", "token_quota": 0}, "token_quota", ["greater than or equal to 1"]),
     ],
 )
 def test_bad_input_gets_400_naming_the_field(admin, payload, field, words):

@@ -15,12 +15,13 @@ class Command(BaseCommand):
         parser.add_argument("--name", required=True)
         parser.add_argument("--role", choices=ApiKey.Role.values, default=ApiKey.Role.USER)
         parser.add_argument("--rate-limit", type=int, help="Requests per hour (default by role).")
+        parser.add_argument("--token-quota", type=int, help="Tokens per day (default: none).")
         parser.add_argument("--expires-in", type=float, metavar="DAYS")
         parser.add_argument(
             "--models", default="", help="Comma-separated allowlist (default: all)."
         )
 
-    def handle(self, *args, name, role, rate_limit, expires_in, models, **options):
+    def handle(self, *args, name, role, rate_limit, token_quota, expires_in, models, **options):
         if expires_in is not None and expires_in <= 0:
             raise CommandError("--expires-in must be a positive number of days.")
         expires_at = timezone.now() + timedelta(days=expires_in) if expires_in else None
@@ -29,6 +30,7 @@ class Command(BaseCommand):
                 name=name,
                 role=role,
                 rate_limit=rate_limit,
+                token_quota=token_quota,
                 expires_at=expires_at,
                 allowed_models=[m for m in models.split(",") if m.strip()],
                 created_by="manage.py",
