@@ -42,7 +42,7 @@ def api_key_validate(
     if rate_limit is not None and (isinstance(rate_limit, bool) or rate_limit <= 0):
         errors["rate_limit"] = "Must be a positive number of requests per hour."
     if token_quota is not None and (isinstance(token_quota, bool) or token_quota <= 0):
-        errors["token_quota"] = "Must be a positive number of tokens per day, or empty for none."
+        errors["token_quota"] = "Must be a positive number of tokens per day, or empty."  # noqa: S105
     if expires_at is not None:
         if timezone.is_naive(expires_at):
             errors["expires_at"] = "Must include a time zone."
