@@ -79,7 +79,16 @@ def exception_handler(exc, context):
     surface = getattr(view, "error_surface", DRF)
     if isinstance(exc, (OperationalError, InterfaceError)):
         # Keys and limits cannot be checked: fail closed, quickly, and say why.
-        logger.error("database unavailable: %s", type(exc).__name__)
+        request = context.get("request")
+        exchange = getattr(request, "exchange", None)
+        logger.error(
+            "database unavailable: %s",
+            type(exc).__name__,
+            extra={"request_id": getattr(request, "request_id", None)},
+        )
+        if exchange is not None:
+            # Its record has nowhere to go; trying would only hold the caller another timeout.
+            exchange.recorded = True
         return error_response(surface, 503, "The gateway's database is unavailable.")
     if response is None:
         # Not an API exception: a bug. Log it; the caller gets no stack trace.

@@ -4,6 +4,7 @@ Everything configurable comes from the environment (or a `.env` file beside mana
 documented in `.env.example`. Library code reads `django.conf.settings` at call time, never here.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -98,13 +99,15 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
         _db.setdefault("OPTIONS", {})["pool"] = {
             "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
             "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
-            "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+            "timeout": env.float("DB_POOL_TIMEOUT", default=5.0),
         }
     else:
         _db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     # A liveness check (an empty query) when a connection is handed out: after a database
     # restart no request meets a dead connection. One short extra round trip per request.
     _db["CONN_HEALTH_CHECKS"] = env.bool("DB_HEALTH_CHECKS", default=True)
+    # One test database per test run, so that concurrent runs never meet.
+    _db["TEST"] = {"NAME": f"test_{_db['NAME']}_{os.getpid()}"}
     _db.setdefault("OPTIONS", {}).setdefault(
         "connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5)
     )
@@ -117,8 +120,9 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
             "timeout": 20,
         }
     )
-    # Test processes (e.g. a gunicorn subprocess) must share the test database: use a file.
-    _db["TEST"] = {"NAME": str(BASE_DIR / "var" / "test.sqlite3")}
+    # Test processes (e.g. a gunicorn subprocess) must share the test database: use a file,
+    # one per test run so that concurrent runs never meet.
+    _db["TEST"] = {"NAME": str(BASE_DIR / "var" / f"test-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -164,7 +168,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["keys.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["keys.permissions.IsAdminKey"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["ollama_gateway.parsers.SafeJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_CLASSES": ["usage.throttling.KeyRateThrottle"],
     "EXCEPTION_HANDLER": "ollama_gateway.errors.exception_handler",
