@@ -3,11 +3,23 @@
 
 from django.urls import path, re_path
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema, extend_schema_view, inline_serializer
+from rest_framework import serializers
 
 from proxy.views import AdminProxyView, OpenAIModelView, OpenAIProxyView, ProxyView
 
 TAGS = {ProxyView: "Ollama", AdminProxyView: "Model management (admin keys)"}
+
+# What the gateway itself checks in a body naming a model; every other field goes to Ollama as is.
+MODEL_REQUEST = inline_serializer(
+    "ModelRequest",
+    {
+        "model": serializers.CharField(help_text="A model this key may use."),
+        "stream": serializers.BooleanField(
+            required=False, help_text="Native routes stream unless false; /v1 routes only if true."
+        ),
+    },
+)
 
 
 def route(url, view, summary, *, upstream=None, methods=("post",), regex=False, **attrs):
@@ -18,6 +30,8 @@ def route(url, view, summary, *, upstream=None, methods=("post",), regex=False, 
     upstream = upstream or "/" + url
     tag = "OpenAI-compatible" if issubclass(view, OpenAIProxyView) else TAGS[view]
     body = OpenApiTypes.BINARY if attrs.get("raw_body") else OpenApiTypes.OBJECT
+    if attrs.get("names_model"):
+        body = MODEL_REQUEST
     operation = url.strip("^$").split("/(")[0].replace("/", "_").replace("<path:model>", "model")
     docs = {
         method: extend_schema(
