@@ -1,7 +1,7 @@
 from rest_framework import serializers
 
 from keys.models import ApiKey
-from keys.services import ROLES
+from keys.services import MAX_RATE_LIMIT, MAX_TOKEN_QUOTA, ROLES
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
@@ -36,10 +36,14 @@ class ApiKeyCreateSerializer(serializers.Serializer):
         },
     )
     rate_limit = serializers.IntegerField(
-        min_value=1, required=False, help_text="Requests per hour; defaults by role."
+        min_value=1,
+        max_value=MAX_RATE_LIMIT,
+        required=False,
+        help_text="Requests per hour; defaults by role.",
     )
     token_quota = serializers.IntegerField(
         min_value=1,
+        max_value=MAX_TOKEN_QUOTA,
         required=False,
         allow_null=True,
         help_text="Prompt + completion tokens per day (UTC); omitted: no quota.",

@@ -14,6 +14,9 @@ from keys.models import ApiKey
 logger = logging.getLogger(__name__)
 
 ROLES = ", ".join(ApiKey.Role.values)
+# The columns' ranges (PositiveIntegerField, PositiveBigIntegerField).
+MAX_RATE_LIMIT = 2**31 - 1
+MAX_TOKEN_QUOTA = 2**63 - 1
 
 
 def default_rate_limit(role: str) -> int:
@@ -39,9 +42,13 @@ def api_key_validate(
         errors["name"] = "Ensure this field has no more than 100 characters."
     if role not in ApiKey.Role.values:
         errors["role"] = f'"{role}" is not a valid role; allowed values: {ROLES}.'
-    if rate_limit is not None and (isinstance(rate_limit, bool) or rate_limit <= 0):
-        errors["rate_limit"] = "Must be a positive number of requests per hour."
-    if token_quota is not None and (isinstance(token_quota, bool) or token_quota <= 0):
+    if rate_limit is not None and (
+        isinstance(rate_limit, bool) or not 0 < rate_limit <= MAX_RATE_LIMIT
+    ):
+        errors["rate_limit"] = f"Must be a number of requests per hour from 1 to {MAX_RATE_LIMIT}."
+    if token_quota is not None and (
+        isinstance(token_quota, bool) or not 0 < token_quota <= MAX_TOKEN_QUOTA
+    ):
         errors["token_quota"] = "Must be a positive number of tokens per day, or empty."  # noqa: S105
     if expires_at is not None:
         if timezone.is_naive(expires_at):

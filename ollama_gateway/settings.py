@@ -193,7 +193,15 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Ollama upstream ---------------------------------------------------------------------------
+# One Ollama server, or several separated by commas. Servers are managed in the admin
+# (Backends) once added there; this list seeds that table at start and serves while it is empty.
 OLLAMA_BASE_URL = env.str("OLLAMA_BASE_URL", default="http://127.0.0.1:11434").rstrip("/")
+# Seconds between health and model-catalog checks of each server (several servers only).
+BACKEND_CHECK_INTERVAL = env.float("BACKEND_CHECK_INTERVAL", default=10.0)
+# Seconds a server that failed is set aside before it is tried again.
+BACKEND_COOLDOWN = env.float("BACKEND_COOLDOWN", default=15.0)
+# Seconds a process keeps the backend configuration before re-reading the table.
+BACKEND_CONFIG_INTERVAL = env.float("BACKEND_CONFIG_INTERVAL", default=10.0)
 # The gateway's own credential for an upstream that requires one; the client's never goes upstream.
 OLLAMA_API_KEY = env.str("OLLAMA_API_KEY", default="")
 OLLAMA_CONNECT_TIMEOUT = env.float("OLLAMA_CONNECT_TIMEOUT", default=5.0)

@@ -13,7 +13,7 @@ from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.views import APIView
 
-from proxy.upstream import upstream
+from proxy.backends import CHECK_TIMEOUT, backend_pool
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +57,18 @@ def _database_ok() -> bool:
         return False
 
 
-def _ollama_ok() -> bool:
-    try:
-        response = upstream().request("GET", "/api/version", timeout=(2.0, 5.0))
-        response.close()
-        return response.status_code == 200
-    except requests.RequestException:
-        logger.warning("health: ollama unreachable")
-        return False
+def _backends_ok() -> dict[str, bool]:
+    """Whether each Ollama server answers, checked now (not from the pool's cached state)."""
+    states = {}
+    for state in backend_pool().states:
+        try:
+            response = state.upstream.request("GET", "/api/version", timeout=CHECK_TIMEOUT)
+            response.close()
+            states[state.name] = response.status_code == 200
+        except requests.RequestException:
+            logger.warning("health: ollama server %s unreachable", state.name)
+            states[state.name] = False
+    return states
 
 
 class HealthView(APIView):
@@ -84,11 +88,14 @@ class HealthView(APIView):
         ),
     )
     def get(self, request):
+        backends = _backends_ok()
         parts = {
             "database": "ok" if _database_ok() else "unreachable",
-            "ollama": "ok" if _ollama_ok() else "unreachable",
+            # Serving needs one Ollama server; several report each below.
+            "ollama": "ok" if any(backends.values()) else "unreachable",
         }
         healthy = all(state == "ok" for state in parts.values())
-        return JsonResponse(
-            {"status": "ok" if healthy else "unavailable", **parts}, status=200 if healthy else 503
-        )
+        body = {"status": "ok" if healthy else "unavailable", **parts}
+        if len(backends) > 1:
+            body["backends"] = {n: "ok" if up else "unreachable" for n, up in backends.items()}
+        return JsonResponse(body, status=200 if healthy else 503)

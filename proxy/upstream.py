@@ -1,15 +1,12 @@
-"""The one pooled HTTP client for the hop to Ollama.
+"""The pooled HTTP client for the hop to an Ollama server.
 
-One `requests.Session` per process, shared by all worker threads, keeps TCP connections to Ollama
-open between requests. Timeouts are explicit: a short connect timeout (an unreachable upstream fails
-fast with 502) and a long read timeout (a model that is loading may send nothing for minutes).
+One `requests.Session` per server and process (see proxy/backends.py), shared by all worker
+threads, keeps TCP connections to Ollama open between requests. Timeouts are explicit: a short
+connect timeout (an unreachable server fails fast, and the next one is tried) and a long read
+timeout (a model that is loading may send nothing for minutes).
 """
 
-import threading
-
 import requests
-from django.conf import settings
-from django.core.signals import setting_changed
 from requests.adapters import HTTPAdapter
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) and what the HTTP client recomputes: never relayed.
@@ -58,33 +55,3 @@ class Upstream:
             timeout=timeout or self.timeout,
             allow_redirects=False,
         )
-
-
-_lock = threading.Lock()
-_upstream: Upstream | None = None
-
-
-def upstream() -> Upstream:
-    """The process-wide client, built from settings on first use."""
-    global _upstream
-    if _upstream is None:
-        with _lock:
-            if _upstream is None:
-                _upstream = Upstream(
-                    base_url=settings.OLLAMA_BASE_URL.rstrip("/"),
-                    api_key=settings.OLLAMA_API_KEY,
-                    connect_timeout=settings.OLLAMA_CONNECT_TIMEOUT,
-                    read_timeout=settings.OLLAMA_READ_TIMEOUT,
-                    pool_size=settings.OLLAMA_POOL_SIZE,
-                )
-    return _upstream
-
-
-def _reset(*, setting, **kwargs):
-    global _upstream
-    if setting.startswith("OLLAMA_"):
-        _upstream = None
-
-
-# Tests change OLLAMA_BASE_URL and the timeouts with override_settings.
-setting_changed.connect(_reset)

@@ -7,19 +7,21 @@ errors come out in the surface's own shape (see ollama_gateway/errors.py).
 
 import json
 import logging
+import time
 
 import requests
 from django.conf import settings
 from django.db import connection
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
 
 from keys.permissions import IsAdminKey, IsApiKey
 from ollama_gateway.api import GatewayAPIView
 from ollama_gateway.errors import OLLAMA, OPENAI, error_response
+from proxy.backends import CHECK_TIMEOUT, backend_pool
 from proxy.streaming import StreamRelay, usage_from_body
-from proxy.upstream import HOP_BY_HOP, upstream
+from proxy.upstream import HOP_BY_HOP
 from usage.services import usage_record
 
 logger = logging.getLogger("proxy")
@@ -97,29 +99,84 @@ class ProxyView(GatewayAPIView):
             body = b"" if self.raw_body else self.read_body(request)
         except BadRequest as exc:
             return error_response(self.error_surface, exc.status, exc.message)
+        path = self.upstream_path.format(**kwargs)
+        pool = backend_pool()
+        if self.filter_list and len(pool.states) > 1:
+            return self.merged(request, pool, path)
+        return self.forward(request, pool, path, body)
+
+    def forward(self, request, pool, path, body, backend=None):
+        """Send to the server `pool.choose` picks (or `backend`), and relay its answer.
+
+        A connection failure sets that server aside and tries the next one: nothing reached
+        the client yet. A timeout is not retried: the server may still be working on it.
+        """
         headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
         headers["X-Request-ID"] = request.request_id
-        data = RequestBodyStream(request._request) if self.raw_body else body
-        path = self.upstream_path.format(**kwargs)
         exchange = request.exchange
-        try:
-            response = upstream().request(
-                request.method, path, data=data or None, headers=headers, stream=True
-            )
-        except requests.Timeout:
-            logger.warning("upstream timeout on %s", path, extra={"request_id": request.request_id})
-            return error_response(self.error_surface, 504, "Ollama did not answer in time.")
-        except requests.RequestException as exc:
-            logger.warning(
-                "upstream unreachable: %s",
-                type(exc).__name__,
-                extra={"request_id": request.request_id},
-            )
-            return error_response(self.error_surface, 502, "Could not reach Ollama.")
+        tried = []
+        while True:
+            state = backend or pool.choose(exchange.model, exclude=tried)
+            if state is None:
+                return error_response(self.error_surface, 502, "Could not reach Ollama.")
+            data = RequestBodyStream(request._request) if self.raw_body else body or None
+            state.acquire()
+            try:
+                response = state.upstream.request(
+                    request.method, path, data=data, headers=headers, stream=True
+                )
+                break
+            except (requests.ConnectTimeout, requests.ConnectionError) as exc:
+                state.release()
+                pool.mark_down(state, type(exc).__name__)
+                tried.append(state)
+                if backend is not None or self.raw_body:
+                    # A server named by the caller, or a body already consumed: no retry.
+                    return error_response(self.error_surface, 502, "Could not reach Ollama.")
+            except requests.Timeout:
+                state.release()
+                logger.warning(
+                    "upstream timeout on %s", path, extra={"request_id": request.request_id}
+                )
+                return error_response(self.error_surface, 504, "Ollama did not answer in time.")
+            except requests.RequestException as exc:
+                state.release()
+                logger.warning("upstream request failed: %s", type(exc).__name__)
+                return error_response(self.error_surface, 502, "Could not reach Ollama.")
+        exchange.backend = state.name
+        if response.ok and self.names_model and exchange.model:
+            pool.note_loaded(state, exchange.model)
         content_type = response.headers.get("Content-Type", "")
         if response.ok and content_type.startswith(STREAM_TYPES):
-            return self.stream(request, response, exchange)
-        return self.buffered(request, response, exchange)
+            return self.stream(request, response, exchange, state)
+        try:
+            return self.buffered(request, response, exchange)
+        finally:
+            state.release()
+
+    def merged(self, request, pool, path):
+        """A list route over several servers: their lists merged, without duplicates."""
+        field, name_key = self.filter_list
+        entries, payload = {}, None
+        for state in pool.states:
+            if not state.usable(time.monotonic()):
+                continue
+            try:
+                answer = state.upstream.request("GET", path, timeout=CHECK_TIMEOUT)
+                answer.raise_for_status()
+                payload = answer.json()
+                listed = payload[field]
+            except (requests.RequestException, ValueError, KeyError, TypeError):
+                continue
+            for entry in listed:
+                entries.setdefault(str(entry.get(name_key, "")), entry)
+        if payload is None:
+            return error_response(self.error_surface, 502, "Could not reach Ollama.")
+        request.exchange.backend = "*"
+        payload[field] = [
+            entry for name, entry in sorted(entries.items()) if request.user.allows_model(name)
+        ]
+        return JsonResponse(payload)
 
     def read_body(self, request) -> bytes:
         """The client's body, validated enough that Ollama never sees a bad one."""
@@ -146,12 +203,13 @@ class ProxyView(GatewayAPIView):
                 raise BadRequest(404, not_found_message(self.error_surface, model))
         return body
 
-    def stream(self, request, response, exchange):
+    def stream(self, request, response, exchange, state):
         """Relay chunk by chunk; the usage record is written when the stream ends."""
         exchange.deferred = True
         exchange.status = response.status_code
 
         def on_finish(outcome, ttft_ms, prompt_tokens, completion_tokens):
+            state.release()
             exchange.outcome = outcome
             exchange.ttft_ms = ttft_ms
             exchange.prompt_tokens = prompt_tokens
@@ -209,9 +267,88 @@ class ProxyView(GatewayAPIView):
 
 
 class AdminProxyView(ProxyView):
-    """Model management: changes the server for everyone, so admin keys only."""
+    """Model management: changes the server for everyone, so admin keys only.
+
+    With several servers, `?backend=<name>` sends the request to one of them; without it the
+    request goes to each in turn, and the answer reports each server's outcome (streamed
+    progress lines carry a `backend` field).
+    """
 
     permission_classes = [IsAdminKey]
+
+    def relay(self, request, **kwargs):
+        pool = backend_pool()
+        name = request.query_params.get("backend")
+        if name is None and len(pool.states) == 1:
+            return super().relay(request, **kwargs)
+        try:
+            body = b"" if self.raw_body else self.read_body(request)
+        except BadRequest as exc:
+            return error_response(self.error_surface, exc.status, exc.message)
+        path = self.upstream_path.format(**kwargs)
+        if name is not None:
+            state = pool.by_name(name)
+            if state is None:
+                return error_response(self.error_surface, 404, f"backend '{name}' not found")
+            return self.forward(request, pool, path, body, backend=state)
+        if self.raw_body:
+            return error_response(
+                self.error_surface, 400, "Several Ollama servers: name one with ?backend=<name>."
+            )
+        request.exchange.backend = "*"
+        return fan_out(request, pool.states, path, body)
+
+
+def fan_out(request, states, path: str, body: bytes):
+    """Send one model-management request to every server, one after the other."""
+    payload = json.loads(body) if body else {}
+    streamed = request.method == "POST" and payload.get("stream", True) is not False
+    headers = {"Content-Type": "application/json", "X-Request-ID": request.request_id}
+
+    def send(state):
+        return state.upstream.request(
+            request.method, path, data=body or None, headers=headers, stream=streamed
+        )
+
+    if not streamed:
+        results = []
+        for state in states:
+            try:
+                answer = send(state)
+                results.append(
+                    {"backend": state.name, "status": answer.status_code, "body": answer.text}
+                )
+            except requests.RequestException:
+                results.append(
+                    {"backend": state.name, "status": 502, "body": "Could not reach Ollama."}
+                )
+        failed = [r for r in results if not 200 <= r["status"] < 300]
+        if failed:
+            message = "; ".join(f"{r['backend']}: {r['body'].strip()}" for r in failed)
+            return JsonResponse({"error": message, "backends": results}, status=failed[0]["status"])
+        return JsonResponse({"status": "success", "backends": results})
+
+    def progress():
+        failures = []
+        for state in states:
+            try:
+                with send(state) as answer:
+                    for line in answer.iter_lines():
+                        if not line:
+                            continue
+                        event = {**json.loads(line), "backend": state.name}
+                        if "error" in event:
+                            failures.append(f"{state.name}: {event['error']}")
+                        elif event.get("status") != "success":
+                            yield json.dumps(event).encode() + b"\n"
+                    if not answer.ok and not failures:
+                        failures.append(f"{state.name}: status {answer.status_code}")
+            except (requests.RequestException, ValueError):
+                failures.append(f"{state.name}: could not reach Ollama")
+        final = {"error": "; ".join(failures)} if failures else {"status": "success"}
+        yield json.dumps(final).encode() + b"\n"
+
+    return StreamingHttpResponse(progress(), content_type="application/x-ndjson")
 
 
 class OpenAIProxyView(ProxyView):

@@ -22,6 +22,8 @@ class UsageRecord(models.Model):
     method = models.CharField(max_length=7)
     route = models.CharField(max_length=64)
     model = models.CharField(max_length=200, blank=True)
+    # The Ollama server that answered ("*": several, e.g. merged lists).
+    backend = models.CharField(max_length=100, blank=True)
     status = models.PositiveSmallIntegerField()
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     latency_ms = models.FloatField(help_text="Until the last byte was sent.")

@@ -58,6 +58,7 @@ class Exchange:
     started_at: datetime = field(default_factory=timezone.now)
     key: object = None
     model: str = ""
+    backend: str = ""
     status: int = 0
     outcome: str = ""
     ttft_ms: float | None = None
@@ -138,6 +139,7 @@ def usage_record(exchange: Exchange) -> None:
         method=exchange.method,
         route=exchange.route,
         model=exchange.model[:200],
+        backend=exchange.backend,
         status=exchange.status,
         outcome=exchange.outcome or outcome_for_status(exchange.status),
         latency_ms=(time.monotonic() - exchange.started) * 1000,

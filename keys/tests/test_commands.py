@@ -42,6 +42,7 @@ def test_createapikey_prints_the_key_once(db):
     [
         (["--name", "x", "--role", "root"], "invalid choice"),
         (["--name", "x", "--rate-limit", "0"], "rate_limit"),
+        (["--name", "x", "--rate-limit", str(10**12)], "rate_limit"),
         (["--name", "x", "--rate-limit", "many"], "invalid int"),
         (["--name", "x", "--expires-in", "-1"], "--expires-in"),
         (["--name", " "], "name"),

@@ -85,6 +85,8 @@ def test_revoke_unknown_key_is_404(admin):
         ({"name": "x", "expires_at": "tomorrow"}, "expires_at", ["format"]),
         ({"name": "x", "allowed_models": "llama3.2"}, "allowed_models", ["list"]),
         ({"name": "x", "token_quota": 0}, "token_quota", ["greater than or equal to 1"]),
+        ({"name": "x", "rate_limit": 10**23}, "rate_limit", ["less than or equal to"]),
+        ({"name": "x", "token_quota": 2**64}, "token_quota", ["less than or equal to"]),
     ],
 )
 def test_bad_input_gets_400_naming_the_field(admin, payload, field, words):

@@ -102,6 +102,10 @@ class FakeOllama:
         with self._disconnected:
             return self._disconnects
 
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
     def start(self) -> FakeOllama:
         """Listen and serve in a daemon thread; returns self."""
         self._release = threading.Event()  # a stopped fake may be started again

@@ -8,6 +8,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from keys.models import ApiKey
+from proxy.backends import backend_pool
 from usage.models import UsageRecord
 
 
@@ -68,6 +69,9 @@ def test_database_round_trips_per_proxied_request(client, user_key, fake_ollama,
     rollup share one statement); SQLite runs the last two as separate statements."""
     key, raw = user_key
     ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+    # The backend configuration is read once per BACKEND_CONFIG_INTERVAL per process, not per
+    # request: read it before counting.
+    backend_pool()
     with CaptureQueriesContext(connection) as queries:
         response = client.post(
             "/api/generate",

@@ -1,0 +1,41 @@
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+
+def validate_backend_url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("Enter an http:// or https:// URL, e.g. http://gpu-1:11434.")
+
+
+class Backend(models.Model):
+    """One Ollama server of the pool. Health and model catalogs live in each process."""
+
+    name = models.CharField(max_length=100, unique=True)
+    url = models.CharField(max_length=300, unique=True, validators=[validate_backend_url])
+    weight = models.PositiveIntegerField(
+        default=1,
+        help_text="Share of traffic relative to the others (in-flight requests / weight).",
+    )
+    enabled = models.BooleanField(default=True)
+    credential_env = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text=(
+            "Name of an environment variable holding the bearer credential this server requires. "
+            "The credential itself is never stored in the database."
+        ),
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(weight__gt=0), name="backend_weight_gt_0")
+        ]
+
+    def __str__(self):
+        return f"{self.name} ({self.url})"

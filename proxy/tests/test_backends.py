@@ -1,0 +1,210 @@
+"""Several Ollama servers: routing by model, preferring loaded models, failover, recovery,
+merged lists and model management across the pool."""
+
+import concurrent.futures
+import time
+
+import ollama
+import pytest
+import requests
+
+from conftest import free_port, start_gunicorn
+from proxy.backends import backend_pool
+from proxy.fake_ollama.server import FakeConfig, FakeOllama
+from usage.models import UsageRecord
+
+MODELS = {
+    "a": ["llama3.2:latest", "qwen2.5:0.5b"],
+    "b": ["llama3.2:latest", "mistral:latest"],
+    "c": ["phi3:latest"],
+}
+
+
+@pytest.fixture(scope="session")
+def trio_servers():
+    servers = {name: FakeOllama(config=FakeConfig(models=m)).start() for name, m in MODELS.items()}
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture
+def trio(trio_servers):
+    """Three development Ollamas, fresh, each with its own models (restarted if stopped)."""
+    for server in trio_servers.values():
+        if not server.running:
+            server.start()  # on the same port
+        server.reset()
+    return trio_servers
+
+
+@pytest.fixture
+def pooled(gateway, trio, settings):
+    """The live gateway in front of the three servers, catalogs loaded."""
+    settings.OLLAMA_BASE_URL = ",".join(server.url for server in trio.values())
+    settings.BACKEND_COOLDOWN = 60.0
+    backend_pool().check_all()
+    return gateway
+
+
+def names(server):
+    return server.url.split("//", 1)[-1]
+
+
+def generate(base, raw, model, **extra):
+    return requests.post(
+        f"{base}/api/generate",
+        json={"model": model, "prompt": "hi", "stream": False, **extra},
+        headers={"Authorization": f"Bearer {raw}"},
+        timeout=15,
+    )
+
+
+def generations(server):
+    return [r for r in server.requests if r.path == "/api/generate"]
+
+
+def test_requests_go_to_a_server_that_has_the_model(pooled, trio, user_key):
+    assert generate(pooled, user_key[1], "phi3").status_code == 200
+    assert generate(pooled, user_key[1], "mistral").status_code == 200
+    assert len(generations(trio["c"])) == 1 and len(generations(trio["b"])) == 1
+    assert generations(trio["a"]) == []
+    backends = list(
+        UsageRecord.objects.filter(route="/api/generate").values_list("backend", flat=True)
+    )
+    assert sorted(backends) == sorted([names(trio["b"]), names(trio["c"])])
+
+
+def test_a_server_with_the_model_loaded_is_preferred(pooled, trio, user_key):
+    # llama3.2 is on a and b; load it on b only.
+    requests.post(
+        f"{trio['b'].url}/api/generate",
+        json={"model": "llama3.2", "prompt": "x", "stream": False},
+        timeout=5,
+    )
+    backend_pool().check_all()
+    for _ in range(5):
+        assert generate(pooled, user_key[1], "llama3.2").status_code == 200
+    assert len(generations(trio["b"])) == 1 + 5 and generations(trio["a"]) == []
+
+
+def test_unloaded_model_spreads_by_requests_in_flight(pooled, trio, user_key):
+    for server in trio.values():
+        server.configure(ttft=0.3)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        statuses = list(
+            pool.map(lambda _: generate(pooled, user_key[1], "qwen2.5:0.5b").status_code, range(2))
+        )
+    assert statuses == [200, 200]
+    # qwen2.5 is only on a: both there. Now llama3.2, on a and b, nowhere loaded: spread.
+    pool_state = backend_pool()
+    for state in pool_state.states:
+        state.loaded = frozenset()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(lambda _: generate(pooled, user_key[1], "llama3.2", keep_alive=0), range(4)))
+    assert len(generations(trio["a"])) >= 2 + 1 and len(generations(trio["b"])) >= 1
+
+
+def test_failover_when_a_server_is_down_and_recovery(pooled, trio, user_key):
+    requests.post(
+        f"{trio['a'].url}/api/generate",
+        json={"model": "llama3.2", "prompt": "x", "stream": False},
+        timeout=5,
+    )
+    backend_pool().check_all()
+    trio["a"].stop()  # a had llama3.2 loaded: it would be chosen first
+    response = generate(pooled, user_key[1], "llama3.2")
+    assert response.status_code == 200
+    assert UsageRecord.objects.get(route="/api/generate").backend == names(trio["b"])
+    state = backend_pool().by_name(names(trio["a"]))
+    assert state.healthy is False and state.failures == 1
+    # qwen2.5 lives only on the stopped server: no other server pretends it does not exist.
+    assert generate(pooled, user_key[1], "qwen2.5:0.5b").status_code == 502
+    # It comes back on the same address: the next check brings it back in.
+    trio["a"].start()
+    trio["a"].reset()
+    backend_pool().check_all()
+    assert state.healthy is True
+    assert generate(pooled, user_key[1], "qwen2.5:0.5b").status_code == 200
+    assert len(generations(trio["a"])) == 1
+
+
+def test_lists_merge_the_pool_without_duplicates(pooled, make_key):
+    _, raw = make_key(allowed_models=["llama3.2", "phi3", "mistral"])
+    client = ollama.Client(host=pooled, headers={"Authorization": f"Bearer {raw}"})
+    assert [m.model for m in client.list().models] == [
+        "llama3.2:latest",
+        "mistral:latest",
+        "phi3:latest",
+    ]
+    models = requests.get(
+        f"{pooled}/v1/models", headers={"Authorization": f"Bearer {raw}"}, timeout=10
+    )
+    assert sorted(m["id"] for m in models.json()["data"]) == [
+        "llama3.2:latest",
+        "mistral:latest",
+        "phi3:latest",
+    ]
+
+
+def test_model_management_goes_to_one_named_server_or_to_all(pooled, trio, admin_key):
+    client = ollama.Client(host=pooled, headers={"Authorization": f"Bearer {admin_key[1]}"})
+    progress = list(client.pull("tinyllama", stream=True))
+    assert progress[-1].status == "success"
+    for server in trio.values():
+        assert any(r.path == "/api/pull" for r in server.requests)
+    named = requests.delete(
+        f"{pooled}/api/delete?backend={names(trio['c'])}",
+        json={"model": "tinyllama"},
+        headers={"Authorization": f"Bearer {admin_key[1]}"},
+        timeout=10,
+    )
+    assert named.status_code == 200
+    assert [r.path for r in trio["c"].requests if r.method == "DELETE"] == ["/api/delete"]
+    assert not any(r.method == "DELETE" for r in trio["a"].requests)
+    unknown = requests.delete(
+        f"{pooled}/api/delete?backend=nope",
+        json={"model": "x"},
+        headers={"Authorization": f"Bearer {admin_key[1]}"},
+        timeout=10,
+    )
+    assert unknown.status_code == 404 and unknown.json() == {"error": "backend 'nope' not found"}
+
+
+def test_two_replicas_three_servers_one_stopped_mid_test(transactional_db, trio, make_key):
+    """Under load through two gateway processes: a server stops (no retryable request is lost),
+    comes back (it serves again), and the rate limit stays exact across the replicas."""
+    urls = ",".join(server.url for server in trio.values())
+    env = {"OLLAMA_BASE_URL": urls, "BACKEND_CHECK_INTERVAL": "0.5", "BACKEND_COOLDOWN": "1"}
+    ports = [free_port(), free_port()]
+    gateways = [start_gunicorn(port, **env) for port in ports]
+    bases = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        key, raw = make_key(rate_limit=150)
+        models = ["llama3.2", "phi3", "mistral"] * 40  # 120 requests
+
+        def send(i_model):
+            i, model = i_model
+            if i == 40:
+                trio["a"].stop()
+            return generate(bases[i % 2], raw, model).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(pool.map(send, enumerate(models)))
+        assert statuses == [200] * 120
+        trio["a"].start()
+        trio["a"].reset()
+        time.sleep(2.5)  # a check, after the cool-down
+        later = [generate(bases[i % 2], raw, "qwen2.5:0.5b").status_code for i in range(10)]
+        assert later == [200] * 10
+        assert len(generations(trio["a"])) == 10
+        over = [generate(bases[i % 2], raw, "phi3").status_code for i in range(30)]
+        assert over.count(200) == 20 and over.count(429) == 10
+        served_by = set(
+            UsageRecord.objects.filter(key=key, status=200).values_list("backend", flat=True)
+        )
+        assert served_by == {names(s) for s in trio.values()}
+    finally:
+        for gateway in gateways:
+            gateway.terminate()
+            gateway.wait(timeout=20)
