@@ -24,6 +24,7 @@ from django.db import DatabaseError
 
 from keys.models import normalize_model
 from proxy.upstream import Upstream
+from usage import metrics
 
 logger = logging.getLogger("proxy.backends")
 
@@ -56,10 +57,16 @@ class BackendState:
         with self.lock:
             self.in_flight += 1
             self.requests += 1
+        metrics.BACKEND_IN_FLIGHT.labels(self.name).inc()
 
     def release(self) -> None:
         with self.lock:
             self.in_flight -= 1
+        metrics.BACKEND_IN_FLIGHT.labels(self.name).dec()
+
+    def set_health(self, healthy: bool) -> None:
+        self.healthy = healthy
+        metrics.BACKEND_UP.labels(self.name).set(1 if healthy else 0)
 
     def summary(self) -> dict:
         """What the dashboard and /metrics show."""
@@ -71,6 +78,7 @@ class BackendState:
             "in_flight": self.in_flight,
             "requests": self.requests,
             "failures": self.failures,
+            "error_rate": 100 * self.failures / self.requests if self.requests else 0.0,
         }
 
 
@@ -166,7 +174,7 @@ class BackendPool:
     def mark_down(self, state: BackendState, reason: str) -> None:
         with state.lock:
             state.failures += 1
-            state.healthy = False
+            state.set_health(False)
             state.down_until = time.monotonic() + settings.BACKEND_COOLDOWN
         logger.warning("backend %s marked down: %s", state.name, reason)
 
@@ -193,7 +201,7 @@ class BackendPool:
         if not state.healthy:
             logger.info("backend %s is back", state.name)
         state.models, state.loaded = models, loaded
-        state.healthy = True
+        state.set_health(True)
         state.checked_at = time.monotonic()
 
     def check_all(self) -> None:

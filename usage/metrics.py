@@ -37,6 +37,21 @@ UPSTREAM_ERRORS = Counter(
     "Requests that Ollama failed or timed out",
     ["route", "outcome"],
 )
+BACKEND_REQUESTS = Counter(
+    "gateway_backend_requests_total",
+    "Requests by the Ollama server that answered, and outcome",
+    ["backend", "outcome"],
+)
+BACKEND_IN_FLIGHT = Gauge(
+    "gateway_backend_in_flight",
+    "Requests being served by each Ollama server now",
+    ["backend"],
+    multiprocess_mode="livesum",
+)
+# 1 while every gateway process sees the server healthy, 0 when one has set it aside.
+BACKEND_UP = Gauge(
+    "gateway_backend_up", "Ollama server health", ["backend"], multiprocess_mode="livemin"
+)
 STREAMS_IN_FLIGHT = Gauge(
     "gateway_streams_in_flight", "Streams being relayed now", multiprocess_mode="livesum"
 )
@@ -71,6 +86,8 @@ def observe(record) -> None:
         TOKENS.labels(model, "completion").inc(record.completion_tokens)
     if record.outcome in ("upstream_error", "timeout"):
         UPSTREAM_ERRORS.labels(route, record.outcome).inc()
+    if record.backend:
+        BACKEND_REQUESTS.labels(record.backend, record.outcome).inc()
 
 
 def render() -> tuple[bytes, str]:

@@ -42,6 +42,8 @@ class UsageRecord(models.Model):
             models.Index(fields=["key", "-started_at"], name="usage_key_started"),
             # Time-range listings, CSV export and `pruneusage` batches.
             models.Index(fields=["started_at"], name="usage_started"),
+            # The admin's search by request id (from a client's X-Request-ID or a log line).
+            models.Index(fields=["request_id"], name="usage_request_id"),
         ]
 
     def __str__(self):

@@ -118,6 +118,9 @@ def test_failover_when_a_server_is_down_and_recovery(pooled, trio, user_key):
     assert UsageRecord.objects.get(route="/api/generate").backend == names(trio["b"])
     state = backend_pool().by_name(names(trio["a"]))
     assert state.healthy is False and state.failures == 1
+    metrics = requests.get(f"{pooled}/metrics", timeout=10).text
+    assert f'gateway_backend_up{{backend="{names(trio["a"])}"}} 0.0' in metrics
+    assert f'gateway_backend_up{{backend="{names(trio["b"])}"}} 1.0' in metrics
     # qwen2.5 lives only on the stopped server: no other server pretends it does not exist.
     assert generate(pooled, user_key[1], "qwen2.5:0.5b").status_code == 502
     # It comes back on the same address: the next check brings it back in.
