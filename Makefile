@@ -1,4 +1,4 @@
-.PHONY: run dev test ci
+.PHONY: run dev test ci soak bench
 
 run:  ## Serve the gateway in front of OLLAMA_BASE_URL
 	scripts/run
@@ -11,3 +11,9 @@ test:  ## Lint, migration check and the test suite
 
 ci:
 	.ci/run
+
+bench:  ## Benchmark against the development Ollama (BENCH_ARGS="--quick", "--write-docs")
+	scripts/bench $(BENCH_ARGS)
+
+soak:  ## The long run: mixed load for SOAK_SECONDS (default 600) through two gateway processes
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/ollama_gateway} scripts/test ollama_gateway/tests/test_soak.py
