@@ -22,6 +22,7 @@ from ollama_gateway.errors import OLLAMA, OPENAI, error_response
 from proxy.backends import CHECK_TIMEOUT, backend_pool
 from proxy.streaming import StreamRelay, usage_from_body
 from proxy.upstream import HOP_BY_HOP
+from usage import metrics
 from usage.services import usage_record
 
 logger = logging.getLogger("proxy")
@@ -208,8 +209,11 @@ class ProxyView(GatewayAPIView):
         exchange.deferred = True
         exchange.status = response.status_code
 
+        metrics.STREAMS_IN_FLIGHT.inc()
+
         def on_finish(outcome, ttft_ms, prompt_tokens, completion_tokens):
             state.release()
+            metrics.STREAMS_IN_FLIGHT.dec()
             exchange.outcome = outcome
             exchange.ttft_ms = ttft_ms
             exchange.prompt_tokens = prompt_tokens

@@ -89,10 +89,13 @@ def test_client_disconnect_cancels_the_upstream_request(served, fake_ollama_serv
     lines = response.iter_lines()
     next(lines)
     next(lines)
+    gauge = "gateway_streams_in_flight"
+    assert f"{gauge} 1.0" in requests.get(f"{served}/metrics", timeout=10).text
     response.close()
     assert fake_ollama_server.wait_for_disconnect(timeout=5)
     record = wait_for_record(route="/api/chat")
     assert record.outcome == "client_closed"
+    assert f"{gauge} 0.0" in requests.get(f"{served}/metrics", timeout=10).text
     # Far fewer than 200 tokens were produced: Ollama stopped generating.
     assert record.latency_ms < 5000
 
