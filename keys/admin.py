@@ -46,6 +46,18 @@ class ApiKeyChangeForm(forms.ModelForm):
         required=False, help_text="Comma-separated model names; empty means all models."
     )
 
+    def clean(self):
+        cleaned = super().clean()
+        if not self.errors:
+            try:
+                # An expiry already past is fine to keep; setting one in the past is not.
+                expires_at = cleaned["expires_at"] if "expires_at" in self.changed_data else None
+                api_key_validate(**{**cleaned, "expires_at": expires_at}, role=self.instance.role)
+            except ValidationError as exc:
+                for field, errors in exc.message_dict.items():
+                    self.add_error(field, errors)
+        return cleaned
+
     class Meta:
         model = ApiKey
         fields = ["name", "rate_limit", "token_quota", "expires_at", "allowed_models"]

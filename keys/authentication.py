@@ -28,6 +28,15 @@ def raw_key_from_request(request) -> str | None:
     return request.META.get("HTTP_X_API_KEY") or None
 
 
+def count_auth_failure(request) -> None:
+    """Count a failed (or missing) authentication against the caller's address; past
+    AUTH_FAILURES_PER_MINUTE, answer 429 instead of 401."""
+    address = getattr(request, "client_addr", None) or "unknown"
+    failures, reset = auth_failure_hit(client_addr=address)
+    if failures > settings.AUTH_FAILURES_PER_MINUTE:
+        raise RateLimited("Too many failed authentications; slow down.", wait=reset)
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     def authenticate(self, request):
         raw = raw_key_from_request(request)
@@ -47,21 +56,17 @@ class ApiKeyAuthentication(BaseAuthentication):
         return key, key
 
     def fail(self, request, message: str, *, preview: str | None):
-        """Log and count the failure; past the per-address limit, answer 429 instead of 401."""
-        address = getattr(request, "client_addr", None) or "unknown"
         logger.warning(
             "authentication failed: %s",
             message,
             extra={
-                "client_addr": address,
-                # A known key's preview; never anything of an unknown one beyond its shape.
+                "client_addr": getattr(request, "client_addr", None),
+                # A known key's preview; never anything of an unknown one.
                 "key_preview": preview,
                 "request_id": getattr(request, "request_id", None),
             },
         )
-        failures, reset = auth_failure_hit(client_addr=address)
-        if failures > settings.AUTH_FAILURES_PER_MINUTE:
-            raise RateLimited("Too many failed authentications; slow down.", wait=reset)
+        count_auth_failure(request)
         raise exceptions.AuthenticationFailed(message)
 
     def authenticate_header(self, request):

@@ -77,6 +77,6 @@ def is_cloud_model(name: str) -> bool:
 
 
 def normalize_model(name: str) -> str:
-    """Ollama's own rule: a model name without a tag means the `latest` tag."""
-    name = name.strip()
+    """Ollama's own rules: names compare case-insensitively, and no tag means `latest`."""
+    name = name.strip().lower()
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"

@@ -122,7 +122,9 @@ def api_key_authenticate(raw_key: str) -> ApiKey | None:
     """The key a raw value belongs to, whatever its state; None if unknown. One indexed query."""
     if not crypto.looks_like_key(raw_key):
         return None
-    return ApiKey.objects.filter(key_hash=crypto.hash_key(raw_key)).first()
+    # Sliced, not .first(): that would add an ORDER BY to a unique-index lookup.
+    found = list(ApiKey.objects.filter(key_hash=crypto.hash_key(raw_key)).order_by()[:1])
+    return found[0] if found else None
 
 
 def api_key_touch(key: ApiKey) -> None:

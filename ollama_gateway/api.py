@@ -1,5 +1,7 @@
 from rest_framework.views import APIView
 
+from keys.authentication import count_auth_failure
+
 
 class GatewayAPIView(APIView):
     """Base of every keyed endpoint.
@@ -17,5 +19,8 @@ class GatewayAPIView(APIView):
             request, *args, **kwargs
         )
         self.perform_authentication(request)
+        if request.user is None:
+            # No credentials at all: counted like a wrong key, so probing is slowed too.
+            count_auth_failure(request)
         self.check_throttles(request)
         self.check_permissions(request)

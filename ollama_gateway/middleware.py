@@ -1,15 +1,12 @@
 """Request id, client address, rate-limit headers, and one usage record per API request."""
 
-import logging
+import ipaddress
 import re
 import uuid
 
 from django.conf import settings
-from django.db import DatabaseError
 
 from usage.services import Exchange, usage_record
-
-logger = logging.getLogger("ollama_gateway.request")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _RECORDED_PREFIXES = ("/api/", "/v1/")
@@ -22,16 +19,23 @@ def request_id_for(request) -> str:
     return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
+def _ip(value: str | None) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip())) if value else None
+    except ValueError:
+        return None
+
+
 def client_address(request) -> str | None:
     """The caller's address; behind a trusted reverse proxy, the one it says it served."""
-    remote = request.META.get("REMOTE_ADDR") or None
+    remote = _ip(request.META.get("REMOTE_ADDR"))
     if remote not in settings.TRUSTED_PROXIES:
         return remote
-    hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
     # The rightmost address no trusted proxy added is the client's.
-    for hop in reversed(hops):
-        if hop not in settings.TRUSTED_PROXIES:
-            return hop[:45]
+    for hop in reversed(request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")):
+        address = _ip(hop)
+        if address and address not in settings.TRUSTED_PROXIES:
+            return address
     return remote
 
 
@@ -69,12 +73,9 @@ class GatewayMiddleware:
         if state is not None:
             add_rate_limit_headers(response, state)
         exchange = getattr(request, "exchange", None)
-        if exchange is not None and not exchange.deferred:
+        # Only requests that reached a gateway view (and so authentication) are recorded:
+        # unknown paths are not, so they cannot fill the table or mint metric series.
+        if exchange is not None and not exchange.deferred and request.resolver_match:
             exchange.status = exchange.status or response.status_code
-            try:
-                usage_record(exchange)
-            except DatabaseError:
-                logger.exception(
-                    "could not write the usage record", extra={"request_id": request.request_id}
-                )
+            usage_record(exchange)
         return response

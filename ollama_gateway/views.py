@@ -1,6 +1,7 @@
 """Service-level endpoints: what this is, and whether its parts answer."""
 
 import logging
+import time
 
 import requests
 from django.conf import settings
@@ -16,6 +17,9 @@ from rest_framework.views import APIView
 from proxy.backends import CHECK_TIMEOUT, backend_pool
 
 logger = logging.getLogger(__name__)
+
+HEALTH_CACHE_SECONDS = 2.0
+_health: tuple[float, dict, int] | None = None
 
 
 class ServiceInfoView(APIView):
@@ -88,6 +92,16 @@ class HealthView(APIView):
         ),
     )
     def get(self, request):
+        # Answered from a short cache: a flood of health checks must not become one on every
+        # Ollama server and the database.
+        global _health
+        if _health is None or time.monotonic() - _health[0] > HEALTH_CACHE_SECONDS:
+            _health = (time.monotonic(), *self.check())
+        body, status = _health[1], _health[2]
+        return JsonResponse(body, status=status)
+
+    @staticmethod
+    def check() -> tuple[dict, int]:
         backends = _backends_ok()
         parts = {
             "database": "ok" if _database_ok() else "unreachable",
@@ -98,4 +112,4 @@ class HealthView(APIView):
         body = {"status": "ok" if healthy else "unavailable", **parts}
         if len(backends) > 1:
             body["backends"] = {n: "ok" if up else "unreachable" for n, up in backends.items()}
-        return JsonResponse(body, status=200 if healthy else 503)
+        return body, 200 if healthy else 503

@@ -106,14 +106,17 @@ def configured_backends() -> list[BackendConfig]:
             for b in rows
             if b.enabled
         ]
+    return settings_backends()
+
+
+def settings_backends() -> list[BackendConfig]:
+    """The servers of OLLAMA_BASE_URL, named ollama-1, ollama-2...: names are shown in
+    /health, metrics and records, where internal addresses have no business."""
+    urls = [u.strip().rstrip("/") for u in settings.OLLAMA_BASE_URL.split(",") if u.strip()]
     return [
-        BackendConfig(url.split("//", 1)[-1], url, 1, settings.OLLAMA_API_KEY)
-        for url in settings_urls()
+        BackendConfig(f"ollama-{i}", url, 1, settings.OLLAMA_API_KEY)
+        for i, url in enumerate(urls, start=1)
     ]
-
-
-def settings_urls() -> list[str]:
-    return [u.strip().rstrip("/") for u in settings.OLLAMA_BASE_URL.split(",") if u.strip()]
 
 
 class BackendPool:
@@ -253,7 +256,7 @@ def _reload(current: BackendPool | None) -> BackendPool:
         if current is not None:
             current.loaded_at = time.monotonic()
             return current
-        configs = [BackendConfig(u.split("//", 1)[-1], u) for u in settings_urls()]
+        configs = settings_backends()
     if current is not None and current.configs == configs:
         current.loaded_at = time.monotonic()
         return current

@@ -1,3 +1,4 @@
+import re
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
@@ -9,6 +10,12 @@ def validate_backend_url(value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError("Enter an http:// or https:// URL, e.g. http://gpu-1:11434.")
+
+
+def validate_credential_env(value: str) -> None:
+    # Only variables meant for Ollama: never SECRET_KEY, DATABASE_URL or the like.
+    if value and not re.fullmatch(r"OLLAMA_[A-Z0-9_]+", value):
+        raise ValidationError("Name an environment variable starting with OLLAMA_.")
 
 
 class Backend(models.Model):
@@ -24,8 +31,10 @@ class Backend(models.Model):
     credential_env = models.CharField(
         max_length=100,
         blank=True,
+        validators=[validate_credential_env],
         help_text=(
-            "Name of an environment variable holding the bearer credential this server requires. "
+            "Name of an environment variable (OLLAMA_...) holding the bearer credential this "
+            "server requires. "
             "The credential itself is never stored in the database."
         ),
     )

@@ -1,4 +1,4 @@
-from proxy.backends import settings_urls
+from proxy.backends import settings_backends
 from proxy.models import Backend
 
 
@@ -7,5 +7,9 @@ def backends_bootstrap() -> None:
     the servers appear in the admin. Once it has rows, the table is the configuration."""
     if Backend.objects.exists():
         return
-    for url in settings_urls():
-        Backend.objects.get_or_create(url=url, defaults={"name": url.split("//", 1)[-1]})
+    for config in settings_backends():
+        # The credential stays in the environment: the row names its variable.
+        credential_env = "OLLAMA_API_KEY" if config.credential else ""
+        Backend.objects.get_or_create(
+            url=config.url, defaults={"name": config.name, "credential_env": credential_env}
+        )

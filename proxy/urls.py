@@ -56,8 +56,13 @@ LIST_MODELS = {"filter_list": ("models", "name"), "methods": ("get",)}
 
 urlpatterns = [
     # Native API, any key.
-    route("api/version", ProxyView, "Ollama's version", methods=("get",)),
-    route("api/tags", ProxyView, "Local models (those this key may use)", **LIST_MODELS),
+    route("api/version", ProxyView, "Ollama's version", methods=("get", "head")),
+    route(
+        "api/tags",
+        ProxyView,
+        "Local models (those this key may use)",
+        **{**LIST_MODELS, "methods": ("get", "head")},
+    ),
     route("api/ps", ProxyView, "Loaded models (those this key may use)", **LIST_MODELS),
     route("api/models", ProxyView, "Models this key may use", upstream="/api/tags", **LIST_MODELS),
     model_route("api/generate", ProxyView, "Generate a completion (streams by default)"),

@@ -7,7 +7,9 @@ errors come out in the surface's own shape (see ollama_gateway/errors.py).
 
 import json
 import logging
+import re
 import time
+from urllib.parse import quote
 
 import requests
 from django.conf import settings
@@ -21,13 +23,21 @@ from ollama_gateway.api import GatewayAPIView
 from ollama_gateway.errors import OLLAMA, OPENAI, error_response
 from proxy.backends import CHECK_TIMEOUT, backend_pool
 from proxy.streaming import StreamRelay, usage_from_body
-from proxy.upstream import HOP_BY_HOP
 from usage import metrics
 from usage.services import usage_record
 
 logger = logging.getLogger("proxy")
 
 STREAM_TYPES = ("application/x-ndjson", "text/event-stream")
+MODEL_KEYS = ("model", "name")
+PROGRESS_ROUTES = ("/api/pull", "/api/push", "/api/create")
+# Headers of Ollama's answers worth relaying; others (Location, Set-Cookie, WWW-Authenticate...)
+# would describe the hop, not the answer.
+RELAYED_HEADERS = ("Content-Type", "Cache-Control")
+# Ollama's model names: [host/][namespace/]name[:tag], no empty or dot-dot segments.
+MODEL_NAME = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*(?::[A-Za-z0-9._-]+)?"
+)
 # Client headers worth passing on; everything else (Authorization, cookies, Host...) stays here.
 FORWARDED_HEADERS = ("Content-Type", "Accept", "User-Agent")
 
@@ -145,6 +155,14 @@ class ProxyView(GatewayAPIView):
                 logger.warning("upstream request failed: %s", type(exc).__name__)
                 return error_response(self.error_surface, 502, "Could not reach Ollama.")
         exchange.backend = state.name
+        if response.status_code in (401, 403):
+            # Ollama refused the gateway's own credential: not the client's doing, nor its key.
+            response.close()
+            state.release()
+            logger.error("ollama server %s refused the gateway's credential", state.name)
+            return error_response(
+                self.error_surface, 502, "Ollama refused the gateway's credentials."
+            )
         if response.ok and self.names_model and exchange.model:
             pool.note_loaded(state, exchange.model)
         content_type = response.headers.get("Content-Type", "")
@@ -196,6 +214,15 @@ class ProxyView(GatewayAPIView):
         if not isinstance(payload, dict):
             raise BadRequest(400, "Request body must be a JSON object.")
         if self.names_model:
+            # Ollama (Go) matches JSON keys case-insensitively and the last one wins: a
+            # "MODEL" beside "model" would reach a model the allowlist never saw.
+            variants = [
+                k for k in payload if k.lower() in ("model", "name") and k not in MODEL_KEYS
+            ]
+            if variants:
+                raise BadRequest(
+                    400, f"Unexpected field {variants[0]!r}: field names are lowercase."
+                )
             model = payload.get("model") or payload.get("name")
             if not isinstance(model, str) or not model.strip():
                 raise BadRequest(400, "model is required")
@@ -265,9 +292,9 @@ class ProxyView(GatewayAPIView):
 
     @staticmethod
     def copy_headers(source, target) -> None:
-        for name, value in source.headers.items():
-            if name.lower() not in HOP_BY_HOP and name.lower() not in ("date", "server"):
-                target[name] = value
+        for name in RELAYED_HEADERS:
+            if name in source.headers:
+                target[name] = source.headers[name]
 
 
 class AdminProxyView(ProxyView):
@@ -306,7 +333,8 @@ class AdminProxyView(ProxyView):
 def fan_out(request, states, path: str, body: bytes):
     """Send one model-management request to every server, one after the other."""
     payload = json.loads(body) if body else {}
-    streamed = request.method == "POST" and payload.get("stream", True) is not False
+    # Only these answer with progress streams; copy and delete answer once.
+    streamed = path in PROGRESS_ROUTES and payload.get("stream", True) is not False
     headers = {"Content-Type": "application/json", "X-Request-ID": request.request_id}
 
     def send(state):
@@ -366,6 +394,7 @@ class OpenAIModelView(OpenAIProxyView):
 
     def get(self, request, model):
         request.exchange.model = model
-        if not request.user.allows_model(model):
+        # The name becomes part of the upstream path: nothing but a model name may get there.
+        if not MODEL_NAME.fullmatch(model) or ".." in model or not request.user.allows_model(model):
             return error_response(OPENAI, 404, not_found_message(OPENAI, model))
-        return self.relay(request, model=model)
+        return self.relay(request, model=quote(model, safe="/:"))

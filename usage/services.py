@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from usage import metrics
@@ -125,10 +125,25 @@ def _rollup_params(record: UsageRecord) -> list:
     return [record.key_id or 0, record.model, hour, *(sums[c] for c in _ROLLUP_SUMS)]
 
 
+def _write(record: UsageRecord) -> None:
+    record_params = [
+        f.get_db_prep_save(f.value_from_object(record), connection) for f in _RECORD_FIELDS
+    ]
+    rollup_params = _rollup_params(record)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_RECORD_AND_ROLLUP, record_params + rollup_params)
+    else:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_RECORD_INSERT, record_params)
+            cursor.execute(_ROLLUP_UPSERT, rollup_params)
+
+
 def usage_record(exchange: Exchange) -> None:
     """Write the record of a finished request and add it to its rollup (once per exchange).
 
     One round trip on PostgreSQL (a CTE), one short transaction of two statements on SQLite.
+    A database error is logged, never raised: the answer matters more than its bookkeeping.
     """
     if exchange.recorded:
         return
@@ -149,17 +164,11 @@ def usage_record(exchange: Exchange) -> None:
         request_id=exchange.request_id,
         client_addr=exchange.client_addr,
     )
-    record_params = [
-        f.get_db_prep_save(f.value_from_object(record), connection) for f in _RECORD_FIELDS
-    ]
-    rollup_params = _rollup_params(record)
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_RECORD_AND_ROLLUP, record_params + rollup_params)
-    else:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(_RECORD_INSERT, record_params)
-            cursor.execute(_ROLLUP_UPSERT, rollup_params)
+    try:
+        _write(record)
+    except DatabaseError:
+        # Never let bookkeeping break an answer (a stream would be cut off mid-way): say so.
+        logger.exception("usage record lost", extra={"request_id": record.request_id})
     metrics.observe(record)
     logger.info(
         "%s %s %s %s %.1fms",

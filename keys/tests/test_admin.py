@@ -85,3 +85,23 @@ def test_list_search_and_filters(staff, make_key):
 def test_keys_cannot_be_deleted_from_the_admin(staff, make_key):
     key, _ = make_key()
     assert staff.get(f"/admin/keys/apikey/{key.pk}/delete/").status_code == 403
+
+
+def test_editing_validates_like_creating(staff, make_key):
+    key, _ = make_key(name="edit-me")
+    url = f"/admin/keys/apikey/{key.pk}/change/"
+    data = {
+        "name": "edit-me",
+        "rate_limit": "0",
+        "token_quota": "",
+        "expires_at_0": "",
+        "expires_at_1": "",
+        "allowed_models": "",
+    }
+    assert "errorlist" in staff.post(url, data).content.decode()
+    key.refresh_from_db()
+    assert key.rate_limit > 0
+    saved = staff.post(url, {**data, "rate_limit": "7"})
+    assert saved.status_code == 302
+    key.refresh_from_db()
+    assert key.rate_limit == 7

@@ -19,6 +19,13 @@ def test_service_info_links_the_docs(client):
     assert body["docs"]["redoc"].endswith("/redoc")
 
 
+@pytest.fixture(autouse=True)
+def fresh_health(monkeypatch):
+    from ollama_gateway import views
+
+    monkeypatch.setattr(views, "_health", None)
+
+
 def test_health_ok_when_database_and_ollama_answer(client, fake_ollama, db):
     response = client.get("/health")
     assert response.status_code == 200
@@ -83,3 +90,11 @@ def test_check_deploy_is_clean_with_production_settings():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_health_is_cached_briefly(client, fake_ollama, db, settings):
+    assert client.get("/health").status_code == 200
+    checks = len(fake_ollama.requests)
+    for _ in range(5):
+        client.get("/health")
+    assert len(fake_ollama.requests) == checks

@@ -23,6 +23,8 @@ MODELS = {
 @pytest.fixture(scope="session")
 def trio_servers():
     servers = {name: FakeOllama(config=FakeConfig(models=m)).start() for name, m in MODELS.items()}
+    for position, server in enumerate(servers.values(), start=1):
+        server.gateway_name = f"ollama-{position}"
     yield servers
     for server in servers.values():
         server.stop()
@@ -48,7 +50,8 @@ def pooled(gateway, trio, settings):
 
 
 def names(server):
-    return server.url.split("//", 1)[-1]
+    """The name the gateway gives a server of OLLAMA_BASE_URL: ollama-<position>."""
+    return server.gateway_name
 
 
 def generate(base, raw, model, **extra):
@@ -156,6 +159,11 @@ def test_model_management_goes_to_one_named_server_or_to_all(pooled, trio, admin
     assert progress[-1].status == "success"
     for server in trio.values():
         assert any(r.path == "/api/pull" for r in server.requests)
+    # copy answers once, not with a progress stream: a failure on any server is an error.
+    assert client.copy("tinyllama", "tiny-copy").status == "success"
+    with pytest.raises(ollama.ResponseError) as raised:
+        client.copy("phi3", "phi-copy")  # only c has phi3
+    assert raised.value.status_code == 404 and "ollama-1" in raised.value.error
     named = requests.delete(
         f"{pooled}/api/delete?backend={names(trio['c'])}",
         json={"model": "tinyllama"},

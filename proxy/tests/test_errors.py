@@ -103,3 +103,43 @@ def test_wrong_method_is_405_in_shape(call, fake_ollama):
     response = call("GET", "/api/generate")
     assert response.status_code == 405
     assert "error" in response.json()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "llama3.2", "MODEL": "qwen2.5:0.5b", "prompt": "x"},
+        {"model": "llama3.2", "Model": "gpt-oss:120b-cloud", "prompt": "x"},
+        {"name": "llama3.2", "NAME": "qwen2.5:0.5b", "prompt": "x"},
+    ],
+)
+def test_case_variant_model_fields_cannot_slip_past_the_allowlist(
+    gateway, make_key, fake_ollama, body
+):
+    _, raw = make_key(allowed_models=["llama3.2"])
+    response = requests.post(
+        f"{gateway}/api/generate", json=body, headers={"Authorization": f"Bearer {raw}"}, timeout=10
+    )
+    assert response.status_code == 400
+    assert "lowercase" in response.json()["error"]
+    assert fake_ollama.requests == []
+
+
+@pytest.mark.parametrize(
+    "model", ["LLAMA3.2", "Qwen2.5:0.5B", "gpt-oss:120b-CLOUD"], ids=["upper", "mixed", "cloud"]
+)
+def test_model_names_compare_case_insensitively(call, make_key, fake_ollama, model):
+    _, raw = make_key(allowed_models=["llama3.2"])
+    response = call("POST", "/api/generate", raw=raw, json={"model": model, "prompt": "x"})
+    assert response.status_code == (200 if model == "LLAMA3.2" else 404)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["..%2F..%2Fapi%2Ftags", "..%2F..%2Fapi%2Fme", "llama3.2%3Fx=1", "a/../../api/tags"],
+)
+def test_model_path_cannot_reach_other_upstream_routes(call, fake_ollama, path):
+    response = call("GET", f"/v1/models/{path}")
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
+    assert fake_ollama.requests == []

@@ -122,3 +122,14 @@ def test_model_management_is_refused_to_user_keys(client, call, fake_ollama):
     assert raised.value.status_code == 403
     assert "admin" in raised.value.error
     assert fake_ollama.requests == []
+
+
+@pytest.mark.parametrize("path", ["/api/version", "/api/tags"])
+def test_head_requests_as_ollama_serves_them(gateway, user_key, path):
+    import requests
+
+    response = requests.head(
+        gateway + path, headers={"Authorization": f"Bearer {user_key[1]}"}, timeout=10
+    )
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("application/json")

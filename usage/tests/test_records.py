@@ -87,3 +87,38 @@ def test_database_round_trips_per_proxied_request(client, user_key, fake_ollama,
     expected = 3 if connection.vendor == "postgresql" else 4
     assert len(statements) == expected, statements
     assert UsageRecord.objects.filter(key=key, outcome="ok").count() == 1
+
+
+def test_unknown_routes_are_not_recorded(gateway, user_key):
+    for path in ("/api/junk", "/v1/nothing/here", "/api/me"):
+        response = requests.get(f"{gateway}{path}", headers=bearer(user_key[1]), timeout=10)
+        assert response.status_code == 404
+    assert UsageRecord.objects.count() == 0
+
+
+def test_requests_without_credentials_are_slowed_too(gateway, settings, db):
+    settings.AUTH_FAILURES_PER_MINUTE = 2
+    statuses = [requests.get(f"{gateway}/api/tags", timeout=10).status_code for _ in range(4)]
+    assert statuses == [401, 401, 429, 429]
+
+
+def test_a_lost_record_never_cuts_a_stream(gateway, user_key, fake_ollama, monkeypatch, caplog):
+    from django.db import OperationalError
+
+    from usage import services
+
+    def broken(record):
+        raise OperationalError("database went away")
+
+    monkeypatch.setattr(services, "_write", broken)
+    response = requests.post(
+        f"{gateway}/api/generate",
+        json={"model": "llama3.2", "prompt": "hi"},
+        headers=bearer(user_key[1]),
+        timeout=10,
+    )
+    lines = [line for line in response.iter_lines() if line]
+    assert response.status_code == 200 and b'"done": true' in lines[-1].replace(
+        b'":true', b'": true'
+    )
+    assert "usage record lost" in caplog.text
