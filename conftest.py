@@ -118,6 +118,19 @@ def start_gunicorn(port: int, **env) -> subprocess.Popen:
     raise RuntimeError("gunicorn did not start listening")
 
 
+def wait_for_record(**filters):
+    """The usage record matching `filters`, once written (streams write theirs at the end)."""
+    from usage.models import UsageRecord
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        record = UsageRecord.objects.filter(**filters).first()
+        if record:
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"no usage record matching {filters}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -50,6 +50,14 @@ def _line_payload(line: bytes) -> dict | None:
     return payload if isinstance(payload, dict) else None
 
 
+def _is_usage_event(event: bytes) -> bool:
+    """OpenAI's closing usage event: `data: {..., "choices": [], "usage": {...}}`."""
+    if b'"usage"' not in event:
+        return False
+    payload = _line_payload(event.strip())
+    return bool(payload) and payload.get("choices") == [] and "usage" in payload
+
+
 class StreamRelay:
     """An iterable WSGI body that relays an upstream stream and reports how it ended.
 
@@ -59,11 +67,14 @@ class StreamRelay:
     response drops the connection to Ollama, which stops generating.
     """
 
-    def __init__(self, response, *, surface, started, on_finish):
+    def __init__(self, response, *, surface, started, on_finish, drop_usage_event=False):
         self.response = response
         self.surface = surface
         self.started = started
         self.on_finish = on_finish
+        # The gateway asked for OpenAI's usage event; the client did not: read it, don't relay it.
+        self.drop_usage_event = drop_usage_event
+        self._events = b""
         self.ttft_ms = None
         self.prompt_tokens = None
         self.completion_tokens = None
@@ -79,7 +90,10 @@ class StreamRelay:
                 if self.ttft_ms is None:
                     self.ttft_ms = (time.monotonic() - self.started) * 1000
                 self._scan(chunk)
-                yield chunk
+                if self.drop_usage_event:
+                    chunk = self._without_usage_event(chunk)
+                if chunk:
+                    yield chunk
         except _STREAM_ERRORS as exc:
             timed_out = isinstance(exc, requests.exceptions.ConnectionError) and "timed out" in str(
                 exc
@@ -109,6 +123,12 @@ class StreamRelay:
                 prompt, completion = read_usage(payload)
                 if prompt is not None:
                     self.prompt_tokens, self.completion_tokens = prompt, completion
+
+    def _without_usage_event(self, chunk: bytes) -> bytes:
+        """Complete SSE events of the stream so far, less the usage-only one."""
+        *events, self._events = (self._events + chunk).split(b"\n\n")
+        kept = [e for e in events if not _is_usage_event(e)]
+        return b"".join(event + b"\n\n" for event in kept)
 
     def _error_event(self, message: str) -> bytes:
         body = json.dumps(error_body(self.surface, 502, message)).encode()

@@ -229,6 +229,14 @@ class ProxyView(GatewayAPIView):
             request.exchange.model = model
             if not request.user.allows_model(model):
                 raise BadRequest(404, not_found_message(self.error_surface, model))
+        if self.error_surface == OPENAI and payload.get("stream") is True:
+            options = payload.get("stream_options")
+            if not (isinstance(options, dict) and options.get("include_usage") is True):
+                # Token accounting (and quotas) need the usage event: ask for it, and keep it
+                # from a client that did not (StreamRelay drops it).
+                request.drop_usage_event = True
+                payload["stream_options"] = {**(options or {}), "include_usage": True}
+                return json.dumps(payload).encode()
         return body
 
     def stream(self, request, response, exchange, state):
@@ -248,7 +256,11 @@ class ProxyView(GatewayAPIView):
             usage_record(exchange)
 
         relay = StreamRelay(
-            response, surface=self.error_surface, started=exchange.started, on_finish=on_finish
+            response,
+            surface=self.error_surface,
+            started=exchange.started,
+            on_finish=on_finish,
+            drop_usage_event=getattr(request, "drop_usage_event", False),
         )
         if getattr(connection, "pool", None) is not None and not connection.in_atomic_block:
             # Give the pooled connection back for the stream's lifetime (minutes, maybe):

@@ -9,17 +9,7 @@ import ollama
 import pytest
 import requests
 
-from usage.models import UsageRecord
-
-
-def wait_for_record(**filters) -> UsageRecord:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        record = UsageRecord.objects.filter(**filters).first()
-        if record:
-            return record
-        time.sleep(0.05)
-    raise AssertionError(f"no usage record matching {filters}")
+from conftest import wait_for_record
 
 
 def post_stream(url, raw, payload):

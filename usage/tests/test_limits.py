@@ -2,6 +2,7 @@
 surface's shape; token quotas; slowed key guessing."""
 
 import concurrent.futures
+import time
 from datetime import timedelta
 
 import openai
@@ -9,6 +10,7 @@ import pytest
 import requests
 from django.utils import timezone
 
+from conftest import wait_for_record
 from usage.models import RateCounter, UsageRecord, UsageRollup
 
 
@@ -120,3 +122,40 @@ def test_guessing_keys_is_slowed(gateway, settings, db):
     ]
     assert guesses == [401, 401, 401, 429, 429]
     assert UsageRecord.objects.filter(key=None, outcome="rate_limited").count() == 2
+
+
+def test_openai_streams_count_tokens_even_unasked(gateway, make_key, fake_ollama):
+    """The OpenAI API sends usage in a stream only when asked: the gateway asks for it, counts
+    it, and keeps the extra event from a client that did not ask."""
+    key, raw = make_key()
+    key.token_quota = 20  # a call here uses about 8 tokens
+    key.save(update_fields=["token_quota"])
+    client = openai.OpenAI(base_url=f"{gateway}/v1", api_key=raw, max_retries=0)
+    messages = [{"role": "user", "content": "one two three"}]
+    chunks = list(client.chat.completions.create(model="llama3.2", messages=messages, stream=True))
+    assert all(chunk.choices for chunk in chunks)
+    assert all(chunk.usage is None for chunk in chunks)
+    record = wait_for_record(key=key, route="/v1/chat/completions")
+    assert record.completion_tokens == 5 and record.prompt_tokens > 0
+    # Asked for, it is relayed as usual.
+    asked = list(
+        client.chat.completions.create(
+            model="llama3.2",
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert asked[-1].usage.completion_tokens == 5
+    # The quota fills from streams too.
+    list(client.chat.completions.create(model="llama3.2", messages=messages, stream=True))
+    assert wait_until_count(UsageRecord.objects.filter(key=key), 3)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="llama3.2", messages=messages, stream=True)
+
+
+def wait_until_count(queryset, count, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while queryset.count() < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return queryset.count() == count
