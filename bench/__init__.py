@@ -1,0 +1,1 @@
+"""The benchmark harness: the gateway against the development Ollama (`scripts/bench`)."""

@@ -1,0 +1,254 @@
+"""`python -m bench.run` (via `scripts/bench`): the whole benchmark, in one run.
+
+1. added latency at concurrency 1 and throughput at concurrency 32 (gateway: production config);
+2. concurrent streams and worker memory (gateway with enough threads to hold them);
+3. statistics latency at growing numbers of usage records.
+
+Each part measures the development Ollama directly and through the gateway. Results print as
+Markdown, go to bench/results/latest.json and, with --write-docs, to docs/benchmarks.md.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+from bench import latency, processes, report, seed, stats, streams, system, throughput
+from bench.client import Client
+
+LOGS = processes.ROOT / "bench" / "results" / "logs"
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/ollama_gateway_bench"
+FULL_RECORDS = "100000,1000000,10000000"
+QUICK_RECORDS = "100000,1000000"
+SEEDED_KEYS = 50
+# An hour whose rollups are recomputed in Python at each size: seeded, and untouched by traffic.
+CHECKED_HOUR_AGO = timedelta(days=7, hours=5)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="shorter runs, records up to 1M")
+    parser.add_argument("--write-docs", action="store_true", help="rewrite docs/benchmarks.md")
+    parser.add_argument(
+        "--records", help=f"comma-separated database sizes (default {FULL_RECORDS})"
+    )
+    parser.add_argument("--requests", type=int, help="sequential requests per side (2000)")
+    parser.add_argument("--wrk-seconds", type=float, help="seconds per wrk run (10)")
+    parser.add_argument("--streams", type=int, default=1000, help="concurrent streams")
+    parser.add_argument("--stream-tokens", type=int, default=20, help="tokens per stream")
+    parser.add_argument("--token-delay", type=float, default=0.02, help="seconds between tokens")
+    parser.add_argument(
+        "--stream-ramp", type=float, default=0.0, help="seconds over which streams open"
+    )
+    parser.add_argument("--stream-threads", type=int, default=600, help="gunicorn threads")
+    parser.add_argument("--stats-calls", type=int, help="calls per statistics figure (30)")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL),
+        help="dropped and recreated at every run (default %(default)s)",
+    )
+    return parser
+
+
+def _options(argv: list[str] | None) -> argparse.Namespace:
+    """Arguments, with the defaults --quick shortens filled in."""
+    args = _parser().parse_args(argv)
+    quick = args.quick
+    args.records = sorted(
+        {int(n) for n in (args.records or (QUICK_RECORDS if quick else FULL_RECORDS)).split(",")}
+    )
+    args.requests = args.requests or (500 if quick else 2000)
+    args.wrk_seconds = args.wrk_seconds or (5.0 if quick else 10.0)
+    args.stats_calls = args.stats_calls or (10 if quick else 30)
+    return args
+
+
+def _say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _phase(timings: dict, name: str) -> Iterator[None]:
+    _say(f"{name}...")
+    started = time.monotonic()
+    yield
+    timings[name] = round(time.monotonic() - started, 1)
+    _say(f"{name}: {timings[name]} s")
+
+
+def _django_setup(env: dict) -> None:
+    """Django in this process too, on the benchmark database: the loader and the rollup check
+    read the gateway's models and write path. No pool here: one thread, few queries."""
+    os.environ.update(
+        DATABASE_URL=env["DATABASE_URL"],
+        SECRET_KEY=env["SECRET_KEY"],
+        DJANGO_SETTINGS_MODULE="ollama_gateway.settings",
+        DB_POOL="false",
+    )
+    import django
+
+    django.setup()
+
+
+def _latency_and_throughput(args, fake: processes.Server, env: dict, results: dict) -> str:
+    with processes.gateway(env=env, log=LOGS / "gateway.log") as gateway:
+        key = processes.admin_key_create(env=env)
+        with Client(fake.port) as direct, Client(gateway.port, key=key) as via:
+            results["latency"] = latency.added_latency(
+                direct, via, requests=args.requests, warmup=max(100, args.requests // 10), block=100
+            )
+        results["throughput"] = throughput.compare(
+            fake.port,
+            gateway.port,
+            key,
+            seconds=args.wrk_seconds,
+            warmup=2,
+            threads=2,
+            connections=32,
+        )
+    return key
+
+
+def _streams(args, fake: processes.Server, env: dict, key: str, results: dict) -> None:
+    with Client(fake.port) as control:
+        config = {"tokens": args.stream_tokens, "token_delay": args.token_delay}
+        control.call("POST", "/_fake/config", json.dumps(config).encode())
+    log = LOGS / "gateway-streams.log"
+    with processes.gateway(env=env, log=log, threads=args.stream_threads) as gateway:
+        workers = system.children(gateway.pid)
+        for _ in range(20):  # every worker loads its code before "idle" is read
+            with Client(gateway.port, key=key) as warm:
+                warm.generate()
+        idle = {pid: system.rss_mib(pid) for pid in workers}
+        run = {"count": args.streams, "ramp": args.stream_ramp, "spacing": args.token_delay}
+        timeout = 60 + args.stream_tokens * args.token_delay
+        direct = streams.run_streams(fake.port, key=None, timeout=timeout, **run)
+        cpu_before = {pid: system.cpu_seconds(pid) for pid in [fake.pid, *workers]}
+        with system.RssSampler(gateway.pid) as sampler:
+            via = streams.run_streams(gateway.port, key=key, timeout=timeout, **run)
+        cpu = {pid: system.cpu_seconds(pid) - cpu_before[pid] for pid in cpu_before}
+        after = {pid: system.rss_mib(pid) for pid in workers}
+    results["streams"] = {
+        "tokens": args.stream_tokens,
+        "spacing_ms": args.token_delay * 1000,
+        "ramp_s": args.stream_ramp,
+        "direct": direct,
+        "gateway": via,
+        "cpu_s": {
+            "client": via["client_cpu_s"],
+            "fake": round(cpu[fake.pid], 1),
+            "gateway_workers": round(sum(cpu[pid] for pid in workers), 1),
+        },
+    }
+    results["memory"] = {
+        "idle_mib": {str(pid): idle[pid] for pid in workers},
+        "peak_mib": {str(pid): mib for pid, mib in sampler.peaks.items()},
+        "after_mib": {str(pid): after[pid] for pid in workers},
+        "samples": sampler.samples,
+    }
+
+
+def _statistics(args, env: dict, key: str, results: dict) -> None:
+    from keys.models import ApiKey
+
+    url = env["DATABASE_URL"]
+    with (
+        processes.gateway(env=env, log=LOGS / "gateway-stats.log") as gateway,
+        Client(gateway.port, key=key) as client,
+    ):
+        for n in range(1, SEEDED_KEYS):
+            body = json.dumps({"name": f"bench-user-{n:02d}", "role": "user"}).encode()
+            if client.call("POST", "/api/keys", body).status != 201:
+                raise RuntimeError("could not create the keys to spread records over")
+        # The calling key first: it is the busiest, so "one key's statistics" is the worst case.
+        key_ids = list(ApiKey.objects.order_by("pk").values_list("pk", flat=True))
+        seed.usage_truncate(url)
+        end_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        rollup_sql = seed.rollups_add_sql()
+        sizes, loaded = [], 0
+        for target in args.records:
+            _say(f"statistics: loading {target - loaded:,} records (total {target:,})")
+            timings = seed.seed(
+                url,
+                count=target - loaded,
+                key_ids=key_ids,
+                end_hour=end_hour,
+                rollup_sql=rollup_sql,
+                seed=target,
+            )
+            loaded = target
+            check = seed.rollups_verify(end_hour - CHECKED_HOUR_AGO)
+            if check["mismatches"]:
+                raise RuntimeError(f"seeded rollups differ from the gateway's: {check}")
+            sizes.append(
+                {
+                    "records": target,
+                    "rollup_rows": seed.rollup_rows(url),
+                    "seed": timings,
+                    "check": check,
+                    "latency": stats.stats_latency(
+                        client, calls=args.stats_calls, now=datetime.now(UTC)
+                    ),
+                }
+            )
+    results["statistics"] = {"calls": args.stats_calls, "sizes": sizes}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _options(argv)
+    started = time.monotonic()
+    results: dict = {
+        "command": shlex.join(["scripts/bench", *(sys.argv[1:] if argv is None else argv)]),
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": {"workers": 2, "stream_threads": args.stream_threads, **vars(args)},
+        "phases_s": {},
+    }
+    soft, _ = system.raise_open_files_limit(4 * args.streams + 1024)
+    if soft < 3 * args.streams:
+        raise SystemExit(f"open files limit {soft} is too low for {args.streams} streams")
+    if system.listen_backlog_cap() < args.streams:
+        _say(f"note: net.core.somaxconn {system.listen_backlog_cap()} < {args.streams} streams")
+    LOGS.mkdir(parents=True, exist_ok=True)
+    for old in LOGS.glob("*.log"):
+        old.unlink()
+    processes.database_recreate(args.database_url)
+    env = {
+        **os.environ,
+        "DATABASE_URL": args.database_url,
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "DEBUG": "false",
+    }
+    _django_setup(env)
+    results["machine"] = {
+        **system.machine(),
+        "postgresql": processes.server_version(args.database_url),
+        "open_files_limit": soft,
+        "load_average_start": system.load_average(),
+    }
+    phases = results["phases_s"]
+    with processes.fake_ollama(log=LOGS / "fake-ollama.log") as fake:
+        env["OLLAMA_BASE_URL"] = f"http://127.0.0.1:{fake.port}"
+        with _phase(phases, "latency and throughput"):
+            key = _latency_and_throughput(args, fake, env, results)
+        with _phase(phases, "streams and memory"):
+            _streams(args, fake, env, key, results)
+        with _phase(phases, "statistics"):
+            _statistics(args, env, key, results)
+    results["machine"]["load_average_end"] = system.load_average()
+    results["duration_s"] = round(time.monotonic() - started, 1)
+    results["goals"] = report.goals(results)
+    report.write(results, write_docs=args.write_docs)
+    print(report.markdown(results))
+    _say(f"done in {results['duration_s'] / 60:.1f} min: {report.RESULTS_JSON}")
+
+
+if __name__ == "__main__":
+    main()
