@@ -131,6 +131,20 @@ def wait_for_record(**filters):
     raise AssertionError(f"no usage record matching {filters}")
 
 
+def wait_for_records(count: int, timeout: float = 10.0, **filters) -> list:
+    """Exactly `count` usage records matching `filters`, oldest first. Records are written
+    once the answer has gone out, a moment after the client has it: wait for them, then make
+    sure no extra one follows."""
+    from usage.models import UsageRecord
+
+    records = UsageRecord.objects.filter(**filters).order_by("started_at")
+    deadline = time.monotonic() + timeout
+    while records.count() < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)
+    return list(records)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

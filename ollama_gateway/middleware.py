@@ -77,5 +77,8 @@ class GatewayMiddleware:
         # unknown paths are not, so they cannot fill the table or mint metric series.
         if exchange is not None and not exchange.deferred and request.resolver_match:
             exchange.status = exchange.status or response.status_code
-            usage_record(exchange)
+            # Written when the server closes the response, after its last byte went out: the
+            # caller does not wait for the bookkeeping. (Django runs these closers before it
+            # hands the database connection back.)
+            response._resource_closers.append(lambda: usage_record(exchange))
         return response

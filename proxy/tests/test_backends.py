@@ -8,10 +8,9 @@ import ollama
 import pytest
 import requests
 
-from conftest import free_port, start_gunicorn
+from conftest import free_port, start_gunicorn, wait_for_records
 from proxy.backends import backend_pool
 from proxy.fake_ollama.server import FakeConfig, FakeOllama
-from usage.models import UsageRecord
 
 MODELS = {
     "a": ["llama3.2:latest", "qwen2.5:0.5b"],
@@ -72,9 +71,7 @@ def test_requests_go_to_a_server_that_has_the_model(pooled, trio, user_key):
     assert generate(pooled, user_key[1], "mistral").status_code == 200
     assert len(generations(trio["c"])) == 1 and len(generations(trio["b"])) == 1
     assert generations(trio["a"]) == []
-    backends = list(
-        UsageRecord.objects.filter(route="/api/generate").values_list("backend", flat=True)
-    )
+    backends = [r.backend for r in wait_for_records(2, route="/api/generate")]
     assert sorted(backends) == sorted([names(trio["b"]), names(trio["c"])])
 
 
@@ -118,7 +115,7 @@ def test_failover_when_a_server_is_down_and_recovery(pooled, trio, user_key):
     trio["a"].stop()  # a had llama3.2 loaded: it would be chosen first
     response = generate(pooled, user_key[1], "llama3.2")
     assert response.status_code == 200
-    assert UsageRecord.objects.get(route="/api/generate").backend == names(trio["b"])
+    assert [r.backend for r in wait_for_records(1, route="/api/generate")] == [names(trio["b"])]
     state = backend_pool().by_name(names(trio["a"]))
     assert state.healthy is False and state.failures == 1
     metrics = requests.get(f"{pooled}/metrics", timeout=10).text
@@ -211,9 +208,7 @@ def test_two_replicas_three_servers_one_stopped_mid_test(transactional_db, trio,
         assert len(generations(trio["a"])) == 10
         over = [generate(bases[i % 2], raw, "phi3").status_code for i in range(30)]
         assert over.count(200) == 20 and over.count(429) == 10
-        served_by = set(
-            UsageRecord.objects.filter(key=key, status=200).values_list("backend", flat=True)
-        )
+        served_by = {r.backend for r in wait_for_records(120 + 10 + 30, key=key) if r.status == 200}
         assert served_by == {names(s) for s in trio.values()}
     finally:
         for gateway in gateways:

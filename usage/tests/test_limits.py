@@ -10,7 +10,7 @@ import pytest
 import requests
 from django.utils import timezone
 
-from conftest import wait_for_record
+from conftest import wait_for_record, wait_for_records
 from usage.models import RateCounter, UsageRecord, UsageRollup
 
 
@@ -38,7 +38,7 @@ def test_exactly_the_limit_gets_through_two_gateway_processes(served_pair, make_
     assert statuses.count(429) == 200
     assert RateCounter.objects.get(key=key).requests == 100
     # Every request has exactly one record, and the rollups add up to the same.
-    assert UsageRecord.objects.filter(key=key).count() == 300
+    assert len(wait_for_records(300, key=key)) == 300
     assert UsageRecord.objects.filter(key=key, outcome="rate_limited").count() == 200
     assert sum(UsageRollup.objects.filter(key_pk=key.pk).values_list("requests", flat=True)) == 300
 
@@ -103,8 +103,11 @@ def test_token_quota_refuses_once_spent(gateway, make_key, fake_ollama):
     assert first.status_code == 200
     used = first.json()["prompt_eval_count"] + first.json()["eval_count"]
     assert used < 10
+    # Tokens are counted once each answer has gone out.
+    wait_for_records(1, key=key)
     second = requests.post(f"{gateway}/api/generate", json=payload, headers=bearer(raw), timeout=10)
     assert second.status_code == 200
+    wait_for_records(2, key=key)
     third = requests.post(f"{gateway}/api/generate", json=payload, headers=bearer(raw), timeout=10)
     assert third.status_code == 429
     assert third.json() == {"error": "Token quota exceeded"}
@@ -121,7 +124,7 @@ def test_guessing_keys_is_slowed(gateway, settings, db):
         for i in range(5)
     ]
     assert guesses == [401, 401, 401, 429, 429]
-    assert UsageRecord.objects.filter(key=None, outcome="rate_limited").count() == 2
+    assert [r.outcome for r in wait_for_records(5, key=None)].count("rate_limited") == 2
 
 
 def test_openai_streams_count_tokens_even_unasked(gateway, make_key, fake_ollama):

@@ -3,6 +3,7 @@ import logging
 
 import pytest
 
+from conftest import wait_for_records
 from ollama_gateway.logs import JsonFormatter
 
 
@@ -54,6 +55,7 @@ def test_no_raw_key_ever_reaches_the_logs(gateway, admin_key, make_key, caplog, 
             headers={"Authorization": f"Bearer {raw}"},
             timeout=10,
         )
+    wait_for_records(1 + 4, key__isnull=False)  # request lines are logged with their records
     formatter = JsonFormatter()
     lines = [formatter.format(r) for r in caplog.records]
     logged = "\n".join(lines)

@@ -7,6 +7,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from conftest import wait_for_records
 from keys.models import ApiKey
 from proxy.backends import backend_pool
 from usage.models import UsageRecord
@@ -35,7 +36,7 @@ def test_records_name_their_outcome(gateway, user_key, fake_ollama, settings):
         headers=bearer(raw),
         timeout=10,
     )
-    records = list(UsageRecord.objects.order_by("started_at"))
+    records = wait_for_records(5)
     assert [(r.route, r.status, r.outcome) for r in records] == [
         ("/api/generate", 200, "ok"),
         ("/api/generate", 400, "bad_request"),
@@ -60,7 +61,7 @@ def test_upstream_timeout_is_recorded(gateway, user_key, fake_ollama, settings):
         headers=bearer(user_key[1]),
         timeout=10,
     )
-    assert UsageRecord.objects.get().outcome == "timeout"
+    assert [r.outcome for r in wait_for_records(1)] == ["timeout"]
 
 
 @pytest.mark.parametrize("stream", [False, True])
