@@ -6,8 +6,8 @@ from django.conf import settings
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
-from keys.services import api_key_authenticate, api_key_touch
-from usage.services import auth_failure_hit
+from keys.services import api_key_touch
+from usage.services import api_key_authenticate_and_count, auth_failure_hit
 from usage.throttling import RateLimited
 
 logger = logging.getLogger("keys.auth")
@@ -42,13 +42,16 @@ class ApiKeyAuthentication(BaseAuthentication):
         raw = raw_key_from_request(request)
         if raw is None:
             return None
-        key = api_key_authenticate(raw)
+        # One statement on PostgreSQL: the lookup, and the request counted against the key's
+        # hourly limit if the key may be used (KeyRateThrottle then only reads the result).
+        key, rate_limit = api_key_authenticate_and_count(raw)
         if key is None:
             self.fail(request, "Invalid API key.", preview=None)
         if not key.is_active:
             self.fail(request, "This API key has been revoked.", preview=key.preview)
         if key.is_expired():
             self.fail(request, "This API key has expired.", preview=key.preview)
+        request._request.rate_limit = rate_limit
         api_key_touch(key)
         exchange = getattr(request, "exchange", None)
         if exchange is not None:

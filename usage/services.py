@@ -16,6 +16,9 @@ from datetime import datetime, timedelta
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from keys.crypto import hash_key, looks_like_key
+from keys.models import ApiKey
+from keys.services import api_key_authenticate
 from usage import metrics
 from usage.models import (
     LATENCY_BUCKETS_MS,
@@ -217,6 +220,14 @@ _RATE_HIT = _counter_increment_sql(
 )
 
 
+def _rate_state(key, counted: int | None, now: datetime) -> RateLimitState:
+    """The window's state after an attempt; `counted` is None when the limit was reached."""
+    reset = int((_hour(now) + timedelta(hours=1) - now).total_seconds()) + 1
+    if counted is None:
+        return RateLimitState(key.rate_limit, 0, reset, allowed=False)
+    return RateLimitState(key.rate_limit, max(key.rate_limit - counted, 0), reset, allowed=True)
+
+
 def rate_limit_hit(*, key, now: datetime | None = None) -> RateLimitState:
     """Count one request in its key's current hour, unless the limit is reached.
 
@@ -225,17 +236,53 @@ def rate_limit_hit(*, key, now: datetime | None = None) -> RateLimitState:
     per hour whatever the number of threads and processes.
     """
     now = now or timezone.now()
-    window = _hour(now)
-    reset = int((window + timedelta(hours=1) - now).total_seconds()) + 1
+    window = connection.ops.adapt_datetimefield_value(_hour(now))
     with connection.cursor() as cursor:
-        cursor.execute(
-            _RATE_HIT,
-            [key.pk, connection.ops.adapt_datetimefield_value(window), key.rate_limit],
-        )
+        cursor.execute(_RATE_HIT, [key.pk, window, key.rate_limit])
         row = cursor.fetchone()
-    if row is None:
-        return RateLimitState(key.rate_limit, 0, reset, allowed=False)
-    return RateLimitState(key.rate_limit, max(key.rate_limit - row[0], 0), reset, allowed=True)
+    return _rate_state(key, row[0] if row else None, now)
+
+
+_KEY_TABLE = ApiKey._meta.db_table
+_KEY_COLUMNS = ", ".join(f.column for f in ApiKey._meta.concrete_fields)
+# PostgreSQL: the key lookup and the count of the request against its window in one statement
+# (one round trip). The request is counted only for a usable key under its limit; `counted`
+# is NULL otherwise.
+_AUTHENTICATE_AND_COUNT = f"""
+WITH key AS (SELECT {_KEY_COLUMNS} FROM {_KEY_TABLE} WHERE key_hash = %s),
+hit AS (
+    INSERT INTO {RateCounter._meta.db_table} AS counter (key_id, window_start, requests)
+    SELECT id, %s, 1 FROM key WHERE is_active AND (expires_at IS NULL OR expires_at > %s)
+    ON CONFLICT (key_id, window_start) DO UPDATE SET requests = counter.requests + 1
+    WHERE counter.requests < (SELECT rate_limit FROM key)
+    RETURNING requests
+)
+SELECT {_KEY_COLUMNS}, (SELECT requests FROM hit) AS counted FROM key
+"""
+
+
+def api_key_authenticate_and_count(raw_key: str) -> tuple[ApiKey | None, RateLimitState | None]:
+    """The key a raw value belongs to (whatever its state; None if unknown) and, for a usable
+    key, the request counted against its hourly limit (`allowed` False past the limit).
+
+    PostgreSQL: one statement. SQLite: the lookup, then `rate_limit_hit`.
+    """
+    now = timezone.now()
+    if connection.vendor != "postgresql":
+        key = api_key_authenticate(raw_key)
+        if key is None or not key.is_active or key.is_expired(now):
+            return key, None
+        return key, rate_limit_hit(key=key, now=now)
+    if not looks_like_key(raw_key):
+        return None, None
+    params = [hash_key(raw_key), _hour(now), now]
+    found = list(ApiKey.objects.raw(_AUTHENTICATE_AND_COUNT, params))
+    if not found:
+        return None, None
+    key = found[0]
+    if not key.is_active or key.is_expired(now):
+        return key, None
+    return key, _rate_state(key, key.counted, now)
 
 
 def tokens_used_today(*, key, now: datetime | None = None) -> int:

@@ -34,7 +34,8 @@ class KeyRateThrottle(BaseThrottle):
         key = request.user
         if key is None:
             return True
-        state = rate_limit_hit(key=key)
+        # Counted by the authentication in the same statement as the key lookup.
+        state = getattr(request._request, "rate_limit", None) or rate_limit_hit(key=key)
         request._request.rate_limit = state
         if not state.allowed:
             logger.warning(
