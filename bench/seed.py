@@ -170,7 +170,8 @@ def records_copy(
 
 
 def rollups_add_sql() -> str:
-    """Rollups of the records with id > %s, added to existing rows as the gateway's upsert does.
+    """Rollups of one span (`span`, `unit`: "h", "hour" or "d", "day") of the records with
+    id > `after`, added to existing rows as the gateway's upsert does (it writes both spans).
 
     Per request the gateway adds: 1 request, its tokens (NULL as 0), its latency, its time to
     first token (NULL as 0, counted only when set), 1 to its outcome's counter and 1 to the
@@ -203,10 +204,11 @@ def rollups_add_sql() -> str:
         )
     # Every name and literal here comes from the gateway's models; the watermark is bound.
     return (
-        f"INSERT INTO usage_usagerollup (key_pk, model, hour, {', '.join(sums)}) "  # noqa: S608
-        f"SELECT coalesce(key_id, 0), model, date_trunc('hour', started_at), "
-        f"{', '.join(sums.values())} FROM usage_usagerecord WHERE id > %s GROUP BY 1, 2, 3 "
-        f"ON CONFLICT (key_pk, model, hour) DO UPDATE SET "
+        f"INSERT INTO usage_usagerollup (key_pk, model, span, start, {', '.join(sums)}) "  # noqa: S608
+        f"SELECT coalesce(key_id, 0), model, %(span)s, date_trunc(%(unit)s, started_at), "
+        f"{', '.join(sums.values())} FROM usage_usagerecord WHERE id > %(after)s "
+        f"GROUP BY 1, 2, 4 "
+        f"ON CONFLICT (key_pk, model, span, start) DO UPDATE SET "
         + ", ".join(f"{c} = usage_usagerollup.{c} + excluded.{c}" for c in sums)
     )
 
@@ -225,13 +227,15 @@ def rollups_verify(hour: datetime) -> dict:
         started_at__gte=hour, started_at__lt=hour + timedelta(hours=1)
     )
     for record in records.iterator(chunk_size=5000):
-        key_pk, model, _, *sums = _rollup_params(record)
+        key_pk, model, _span, _start, *sums = _rollup_params(record)
         totals = expected.setdefault((key_pk, model), [0] * len(sums))
         for i, value in enumerate(sums):
             totals[i] += value
     stored = {
         (row["key_pk"], row["model"]): [row[c] for c in _ROLLUP_SUMS]
-        for row in UsageRollup.objects.filter(hour=hour).values("key_pk", "model", *_ROLLUP_SUMS)
+        for row in UsageRollup.objects.filter(span="h", start=hour).values(
+            "key_pk", "model", *_ROLLUP_SUMS
+        )
     }
     mismatches = [
         group
@@ -270,7 +274,8 @@ def seed(
         connection.commit()
         timings["copy_s"] = round(time.monotonic() - started, 1)
         started = time.monotonic()
-        connection.execute(rollup_sql, [watermark])
+        for span, unit in (("h", "hour"), ("d", "day")):
+            connection.execute(rollup_sql, {"span": span, "unit": unit, "after": watermark})
         connection.commit()
         timings["rollups_s"] = round(time.monotonic() - started, 1)
     # Autovacuum may be off, and is slow to notice anyway: statistics need planner statistics.

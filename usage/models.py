@@ -71,17 +71,24 @@ OUTCOME_COLUMNS = {outcome: f"n_{outcome}" for outcome in UsageRecord.Outcome.va
 
 
 class UsageRollup(models.Model):
-    """Requests of one key on one model in one hour, summed as they finish.
+    """Requests of one key on one model in one hour, and in one day, summed as they finish.
 
     Statistics read these rows, never the raw records, so their cost does not grow with
-    traffic. Rows are upserted atomically (`INSERT ... ON CONFLICT DO UPDATE`).
+    traffic: hourly rows for hourly series, daily rows (24 times fewer) for longer periods.
+    Rows are upserted atomically (`INSERT ... ON CONFLICT DO UPDATE`), both spans at once.
     """
+
+    class Span(models.TextChoices):
+        HOUR = "h", "hour"
+        DAY = "d", "day"
 
     # The key's id, or 0 for requests that failed authentication. Not a foreign key: the
     # upsert's conflict target must never be NULL, and keys are never deleted anyway.
     key_pk = models.BigIntegerField()
     model = models.CharField(max_length=200)
-    hour = models.DateTimeField()
+    span = models.CharField(max_length=1, choices=Span.choices, default=Span.HOUR)
+    # The start of the hour or the day (UTC).
+    start = models.DateTimeField()
     requests = models.PositiveBigIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
@@ -100,16 +107,18 @@ class UsageRollup(models.Model):
         constraints = [
             # The upsert's conflict target.
             models.UniqueConstraint(
-                fields=["key_pk", "model", "hour"], name="rollup_key_model_hour"
+                fields=["key_pk", "model", "span", "start"], name="rollup_key_model_span_start"
             )
         ]
         indexes = [
-            # Statistics for a period (admin: all keys).
-            models.Index(fields=["hour"], name="rollup_hour"),
+            # Statistics for a period (admin: all keys), hourly or daily rows.
+            models.Index(fields=["span", "start"], name="rollup_span_start"),
         ]
 
     def __str__(self):
-        return f"key {self.key_pk} {self.model} {self.hour:%Y-%m-%d %H:00}: {self.requests}"
+        return (
+            f"key {self.key_pk} {self.model} {self.get_span_display()} {self.start:%Y-%m-%d %H:00}"
+        )
 
 
 class RateCounter(models.Model):

@@ -80,7 +80,7 @@ _RECORD_INSERT = "INSERT INTO {table} ({columns}) VALUES ({values})".format(
     columns=", ".join(f.column for f in _RECORD_FIELDS),
     values=", ".join(["%s"] * len(_RECORD_FIELDS)),
 )
-_ROLLUP_KEYS = ("key_pk", "model", "hour")
+_ROLLUP_KEYS = ("key_pk", "model", "span", "start")
 _ROLLUP_SUMS = (
     "requests",
     "prompt_tokens",
@@ -92,11 +92,11 @@ _ROLLUP_SUMS = (
     *LATENCY_COLUMNS,
 )
 _ROLLUP_UPSERT = (
-    "INSERT INTO {table} ({columns}) VALUES ({values}) "
+    "INSERT INTO {table} ({columns}) VALUES ({row}), ({row}) "
     "ON CONFLICT ({keys}) DO UPDATE SET {sums}".format(
         table=UsageRollup._meta.db_table,
         columns=", ".join(_ROLLUP_KEYS + _ROLLUP_SUMS),
-        values=", ".join(["%s"] * (len(_ROLLUP_KEYS) + len(_ROLLUP_SUMS))),
+        row=", ".join(["%s"] * (len(_ROLLUP_KEYS) + len(_ROLLUP_SUMS))),
         keys=", ".join(_ROLLUP_KEYS),
         sums=", ".join(
             f"{c} = {UsageRollup._meta.db_table}.{c} + excluded.{c}" for c in _ROLLUP_SUMS
@@ -111,7 +111,12 @@ def _hour(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def _rollup_params(record: UsageRecord) -> list:
+def _day(moment: datetime) -> datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _rollup_params(record: UsageRecord, span: str = UsageRollup.Span.HOUR) -> list:
+    """What one request adds to its rollup row of `span` (the row's key, then the sums)."""
     tokens_in, tokens_out = record.prompt_tokens or 0, record.completion_tokens or 0
     bucket = bisect.bisect_left(LATENCY_BUCKETS_MS, record.latency_ms)
     sums = {
@@ -124,15 +129,17 @@ def _rollup_params(record: UsageRecord) -> list:
         **{column: int(outcome == record.outcome) for outcome, column in OUTCOME_COLUMNS.items()},
         **{column: int(i == bucket) for i, column in enumerate(LATENCY_COLUMNS)},
     }
-    hour = connection.ops.adapt_datetimefield_value(_hour(record.started_at))
-    return [record.key_id or 0, record.model, hour, *(sums[c] for c in _ROLLUP_SUMS)]
+    start = (_day if span == UsageRollup.Span.DAY else _hour)(record.started_at)
+    start = connection.ops.adapt_datetimefield_value(start)
+    return [record.key_id or 0, record.model, span, start, *(sums[c] for c in _ROLLUP_SUMS)]
 
 
 def _write(record: UsageRecord) -> None:
     record_params = [
         f.get_db_prep_save(f.value_from_object(record), connection) for f in _RECORD_FIELDS
     ]
-    rollup_params = _rollup_params(record)
+    # Its hourly and its daily row, in the same statement.
+    rollup_params = _rollup_params(record) + _rollup_params(record, UsageRollup.Span.DAY)
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(_RECORD_AND_ROLLUP, record_params + rollup_params)
@@ -286,13 +293,13 @@ def api_key_authenticate_and_count(raw_key: str) -> tuple[ApiKey | None, RateLim
 
 
 def tokens_used_today(*, key, now: datetime | None = None) -> int:
-    """Prompt + completion tokens of `key` since 00:00 UTC, from the rollups (a few rows)."""
-    day = (now or timezone.now()).replace(hour=0, minute=0, second=0, microsecond=0)
+    """Prompt + completion tokens of `key` since 00:00 UTC: its daily rollup rows."""
+    day = _day(now or timezone.now())
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) "
-            f"FROM {UsageRollup._meta.db_table} WHERE key_pk = %s AND hour >= %s",
-            [key.pk, connection.ops.adapt_datetimefield_value(day)],
+            f"FROM {UsageRollup._meta.db_table} WHERE key_pk = %s AND span = %s AND start = %s",
+            [key.pk, UsageRollup.Span.DAY, connection.ops.adapt_datetimefield_value(day)],
         )
         return int(cursor.fetchone()[0])
 

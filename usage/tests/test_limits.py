@@ -40,7 +40,9 @@ def test_exactly_the_limit_gets_through_two_gateway_processes(served_pair, make_
     # Every request has exactly one record, and the rollups add up to the same.
     assert len(wait_for_records(300, key=key)) == 300
     assert UsageRecord.objects.filter(key=key, outcome="rate_limited").count() == 200
-    assert sum(UsageRollup.objects.filter(key_pk=key.pk).values_list("requests", flat=True)) == 300
+    for span in ("h", "d"):
+        rows = UsageRollup.objects.filter(key_pk=key.pk, span=span)
+        assert sum(rows.values_list("requests", flat=True)) == 300
 
 
 def test_headers_on_every_authenticated_response(gateway, make_key, client_for):

@@ -119,3 +119,24 @@ def test_csv_export(traffic, admin_key, client_for):
 )
 def test_percentiles_interpolate_inside_buckets(histogram, q, expected):
     assert percentile(histogram, q) == expected
+
+
+def test_hourly_and_daily_rollups_both_match_the_records(traffic):
+    from usage.models import UsageRollup
+
+    for span in ("h", "d"):
+        rows = UsageRollup.objects.filter(span=span)
+        assert sum(rows.values_list("requests", flat=True)) == UsageRecord.objects.count() == 9
+        assert (
+            sum(rows.values_list("prompt_tokens", flat=True))
+            == UsageRecord.objects.aggregate(s=Sum("prompt_tokens"))["s"]
+        )
+    assert {r.start.hour for r in UsageRollup.objects.filter(span="d")} == {0}
+
+
+def test_day_granularity_counts_whole_days(traffic, admin_key, client_for):
+    week = {"from": (timezone.now() - timedelta(days=7)).isoformat(), "granularity": "day"}
+    body = client_for(admin_key[1]).get("/api/admin/stats", week).json()
+    assert body["from"].endswith("T00:00:00Z")
+    assert body["totals"]["requests"] == 9
+    assert [point["time"][11:] for point in body["series"]] == ["00:00:00Z", "00:00:00Z"]
