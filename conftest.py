@@ -151,14 +151,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextlib.contextmanager
+def gunicorn_serving(fake):
+    """A gunicorn gateway (2 workers) in front of `fake`, stopped on exit; yields its URL."""
+    port = free_port()
+    process = start_gunicorn(port, OLLAMA_BASE_URL=fake.url)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
 @pytest.fixture(scope="session")
 def gunicorn_gateway(django_db_setup, django_db_blocker, fake_ollama_server):
-    """A gunicorn gateway (2 workers) in front of the session's development Ollama."""
-    port = free_port()
-    process = start_gunicorn(port, OLLAMA_BASE_URL=fake_ollama_server.url)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=20)
+    """A gunicorn gateway in front of the session's development Ollama."""
+    with gunicorn_serving(fake_ollama_server) as url:
+        yield url
 
 
 @pytest.fixture
@@ -172,11 +181,8 @@ def served(gunicorn_gateway, transactional_db, fake_ollama_server):
 @pytest.fixture(scope="session")
 def second_gunicorn_gateway(gunicorn_gateway, fake_ollama_server):
     """Another gateway process group on the same database: limits must hold across both."""
-    port = free_port()
-    process = start_gunicorn(port, OLLAMA_BASE_URL=fake_ollama_server.url)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=20)
+    with gunicorn_serving(fake_ollama_server) as url:
+        yield url
 
 
 @pytest.fixture

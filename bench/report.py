@@ -60,6 +60,12 @@ def goals(results: dict) -> dict[str, dict]:
         "memory": _goal(
             f"worker memory <= 150 MB ({MEMORY_GOAL_MIB:.0f} MiB)", peak_rss, "MiB", MEMORY_GOAL_MIB
         ),
+        "routing": _goal(
+            "routing adds < 0.3 ms per request (3 servers)",
+            round(results["routing"]["three_servers_us"] / 1000, 4),
+            "ms",
+            0.3,
+        ),
     }
 
 
@@ -186,6 +192,15 @@ def summary_table(results: dict) -> str:
             "",
             f"<= 150 MB ({MEMORY_GOAL_MIB:.0f} MiB) each",
             verdicts["memory"],
+        ),
+        (
+            "Routing decision per request, 3 servers (1 server), in-process",
+            "",
+            f"{results['routing']['three_servers_us']} µs "
+            f"({results['routing']['one_server_us']} µs)",
+            "",
+            "< 0.3 ms",
+            verdicts["routing"],
         ),
     ]
     header = ("Measure", "Direct", "Via gateway", "Gateway adds", "Goal", "")

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-from bench import latency, processes, report, seed, stats, streams, system, throughput
+from bench import latency, processes, report, routing, seed, stats, streams, system, throughput
 from bench.client import Client
 
 LOGS = processes.ROOT / "bench" / "results" / "logs"
@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
             _streams(args, fake, env, key, results)
         with _phase(phases, "statistics"):
             _statistics(args, env, key, results)
+        with _phase(phases, "routing"):
+            results["routing"] = routing.routing_cost()
     results["machine"]["load_average_end"] = system.load_average()
     results["duration_s"] = round(time.monotonic() - started, 1)
     results["goals"] = report.goals(results)

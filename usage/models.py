@@ -68,6 +68,17 @@ LATENCY_BUCKETS_MS = (
 )
 LATENCY_COLUMNS = tuple(f"latency_b{i}" for i in range(len(LATENCY_BUCKETS_MS) + 1))
 OUTCOME_COLUMNS = {outcome: f"n_{outcome}" for outcome in UsageRecord.Outcome.values}
+# Every counter of a rollup row: what one request adds to, and what statistics sum.
+ROLLUP_SUM_COLUMNS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms_sum",
+    "ttft_ms_sum",
+    "ttft_count",
+    *OUTCOME_COLUMNS.values(),
+    *LATENCY_COLUMNS,
+)
 
 
 class UsageRollup(models.Model):

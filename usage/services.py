@@ -24,6 +24,7 @@ from usage.models import (
     LATENCY_BUCKETS_MS,
     LATENCY_COLUMNS,
     OUTCOME_COLUMNS,
+    ROLLUP_SUM_COLUMNS,
     AuthFailureCounter,
     RateCounter,
     UsageRecord,
@@ -81,16 +82,7 @@ _RECORD_INSERT = "INSERT INTO {table} ({columns}) VALUES ({values})".format(
     values=", ".join(["%s"] * len(_RECORD_FIELDS)),
 )
 _ROLLUP_KEYS = ("key_pk", "model", "span", "start")
-_ROLLUP_SUMS = (
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency_ms_sum",
-    "ttft_ms_sum",
-    "ttft_count",
-    *OUTCOME_COLUMNS.values(),
-    *LATENCY_COLUMNS,
-)
+_ROLLUP_SUMS = ROLLUP_SUM_COLUMNS
 _ROLLUP_UPSERT = (
     "INSERT INTO {table} ({columns}) VALUES ({row}), ({row}) "
     "ON CONFLICT ({keys}) DO UPDATE SET {sums}".format(

@@ -27,7 +27,11 @@ PERIOD_PARAMETERS = [
 
 
 class StatsView(GatewayAPIView):
+    """The calling key's statistics; AdminStatsView widens it to every key."""
+
     permission_classes = [IsApiKey]
+    query_serializer = StatsQuerySerializer
+    answer_serializer = StatsSerializer
 
     @extend_schema(
         summary="Usage statistics of the calling key",
@@ -35,7 +39,7 @@ class StatsView(GatewayAPIView):
         responses=StatsSerializer,
     )
     def get(self, request):
-        query = StatsQuerySerializer(data=request.query_params)
+        query = self.query_serializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         params = query.validated_data
         stats = usage_stats(
@@ -43,13 +47,18 @@ class StatsView(GatewayAPIView):
             end=params["end"],
             granularity=params["granularity"],
             model=params.get("model"),
-            key=request.user,
+            **self.scope(request, params),
         )
-        return Response(StatsSerializer(stats).data)
+        return Response(self.answer_serializer(stats).data)
+
+    def scope(self, request, params) -> dict:
+        return {"key": request.user}
 
 
-class AdminStatsView(GatewayAPIView):
+class AdminStatsView(StatsView):
     permission_classes = [IsAdminKey]
+    query_serializer = AdminStatsQuerySerializer
+    answer_serializer = AdminStatsSerializer
 
     @extend_schema(
         summary="Usage statistics of every key (admin)",
@@ -57,18 +66,10 @@ class AdminStatsView(GatewayAPIView):
         responses=AdminStatsSerializer,
     )
     def get(self, request):
-        query = AdminStatsQuerySerializer(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        params = query.validated_data
-        stats = usage_stats(
-            start=params["start"],
-            end=params["end"],
-            granularity=params["granularity"],
-            model=params.get("model"),
-            key=params.get("key"),
-            per_key=True,
-        )
-        return Response(AdminStatsSerializer(stats).data)
+        return super().get(request)
+
+    def scope(self, request, params) -> dict:
+        return {"key": params.get("key"), "per_key": True}
 
 
 CSV_COLUMNS = [
@@ -78,6 +79,7 @@ CSV_COLUMNS = [
     "method",
     "route",
     "model",
+    "backend",
     "status",
     "outcome",
     "latency_ms",
