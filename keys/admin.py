@@ -2,7 +2,6 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.template.response import TemplateResponse
-from django.utils import timezone
 
 from keys.models import ApiKey
 from keys.services import api_key_create, api_key_revoke, api_key_validate
@@ -130,7 +129,3 @@ class ApiKeyAdmin(admin.ModelAdmin):
             api_key_revoke(preview=key.preview)
             count += 1
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
-
-    @admin.display(boolean=True, description="expired")
-    def expired(self, obj):
-        return obj.is_expired(timezone.now())

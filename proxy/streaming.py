@@ -95,8 +95,10 @@ class StreamRelay:
                 if chunk:
                     yield chunk
         except _STREAM_ERRORS as exc:
-            timed_out = isinstance(exc, requests.exceptions.ConnectionError) and "timed out" in str(
-                exc
+            # requests wraps urllib3's read timeout in a ConnectionError while streaming.
+            timed_out = any(
+                isinstance(e, (requests.Timeout, urllib3.exceptions.ReadTimeoutError))
+                for e in (exc, *exc.args)
             )
             logger.warning("upstream stream failed: %s", type(exc).__name__)
             yield self._error_event("Ollama stopped answering in the middle of the stream.")

@@ -9,24 +9,6 @@ timeout (a model that is loading may send nothing for minutes).
 import requests
 from requests.adapters import HTTPAdapter
 
-# Hop-by-hop headers (RFC 9110 §7.6.1) and what the HTTP client recomputes: never relayed.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "content-encoding",
-        "host",
-    }
-)
-
 
 class Upstream:
     def __init__(self, *, base_url, api_key, connect_timeout, read_timeout, pool_size):

@@ -110,8 +110,10 @@ class ProxyView(GatewayAPIView):
             body = b"" if self.raw_body else self.read_body(request)
         except BadRequest as exc:
             return error_response(self.error_surface, exc.status, exc.message)
-        path = self.upstream_path.format(**kwargs)
-        pool = backend_pool()
+        return self.route(request, backend_pool(), self.upstream_path.format(**kwargs), body)
+
+    def route(self, request, pool, path, body):
+        """Which server(s) get a validated request: lists merge the pool, the rest go to one."""
         if self.filter_list and len(pool.states) > 1:
             return self.merged(request, pool, path)
         return self.forward(request, pool, path, body)
@@ -319,16 +321,10 @@ class AdminProxyView(ProxyView):
 
     permission_classes = [IsAdminKey]
 
-    def relay(self, request, **kwargs):
-        pool = backend_pool()
+    def route(self, request, pool, path, body):
         name = request.query_params.get("backend")
         if name is None and len(pool.states) == 1:
-            return super().relay(request, **kwargs)
-        try:
-            body = b"" if self.raw_body else self.read_body(request)
-        except BadRequest as exc:
-            return error_response(self.error_surface, exc.status, exc.message)
-        path = self.upstream_path.format(**kwargs)
+            return super().route(request, pool, path, body)
         if name is not None:
             state = pool.by_name(name)
             if state is None:

@@ -125,3 +125,16 @@ def test_a_slow_first_token_is_not_cut_off(served, fake_ollama_server, user_key)
     )
     _, lines = arrival_times(response)
     assert json.loads(lines[-1])["done"] is True
+
+
+def test_a_stream_that_stalls_is_recorded_as_a_timeout(gateway, user_key, fake_ollama, settings):
+    settings.OLLAMA_READ_TIMEOUT = 0.3
+    fake_ollama.configure(tokens=5, token_delay=1.0)
+    response = post_stream(
+        f"{gateway}/api/chat",
+        user_key[1],
+        {"model": "llama3.2", "messages": [{"role": "user", "content": "slow"}]},
+    )
+    _, lines = arrival_times(response)
+    assert "error" in json.loads(lines[-1])
+    assert wait_for_record(route="/api/chat").outcome == "timeout"
