@@ -119,16 +119,10 @@ def start_gunicorn(port: int, **env) -> subprocess.Popen:
 
 
 def wait_for_record(**filters):
-    """The usage record matching `filters`, once written (streams write theirs at the end)."""
-    from usage.models import UsageRecord
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        record = UsageRecord.objects.filter(**filters).first()
-        if record:
-            return record
-        time.sleep(0.05)
-    raise AssertionError(f"no usage record matching {filters}")
+    """The one usage record matching `filters`, once written (streams write theirs at the end)."""
+    records = wait_for_records(1, **filters)
+    assert len(records) == 1, f"expected one usage record matching {filters}, got {records}"
+    return records[0]
 
 
 def wait_for_records(count: int, timeout: float = 10.0, **filters) -> list:

@@ -66,6 +66,10 @@ def generations(server):
     return [r for r in server.requests if r.path == "/api/generate"]
 
 
+def asking_for(server, model):
+    return [r for r in generations(server) if r.json()["model"] == model]
+
+
 def test_requests_go_to_a_server_that_has_the_model(pooled, trio, user_key):
     assert generate(pooled, user_key[1], "phi3").status_code == 200
     assert generate(pooled, user_key[1], "mistral").status_code == 200
@@ -96,13 +100,15 @@ def test_unloaded_model_spreads_by_requests_in_flight(pooled, trio, user_key):
             pool.map(lambda _: generate(pooled, user_key[1], "qwen2.5:0.5b").status_code, range(2))
         )
     assert statuses == [200, 200]
-    # qwen2.5 is only on a: both there. Now llama3.2, on a and b, nowhere loaded: spread.
+    # qwen2.5 is only on a: both went there. Now llama3.2, on a and b, nowhere loaded: spread.
+    assert len(asking_for(trio["a"], "qwen2.5:0.5b")) == 2
     pool_state = backend_pool()
     for state in pool_state.states:
         state.loaded = frozenset()
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda _: generate(pooled, user_key[1], "llama3.2", keep_alive=0), range(4)))
-    assert len(generations(trio["a"])) >= 2 + 1 and len(generations(trio["b"])) >= 1
+    spread = [len(asking_for(trio[name], "llama3.2")) for name in "abc"]
+    assert sum(spread) == 4 and spread[0] >= 1 and spread[1] >= 1 and spread[2] == 0
 
 
 def test_failover_when_a_server_is_down_and_recovery(pooled, trio, user_key):

@@ -9,7 +9,7 @@ import ollama
 import pytest
 import requests
 
-from conftest import wait_for_record
+from conftest import wait_for_record, wait_for_records
 
 
 def post_stream(url, raw, payload):
@@ -102,7 +102,9 @@ def test_upstream_dying_mid_stream_ends_with_an_error_line(served, fake_ollama_s
     client = ollama.Client(host=served, headers={"Authorization": f"Bearer {user_key[1]}"})
     with pytest.raises(ollama.ResponseError):
         list(client.generate(model="llama3.2", prompt="x", stream=True))
-    assert wait_for_record(route="/api/generate").outcome == "upstream_error"
+    # Both streams (raw, then through the client) are recorded as upstream errors.
+    records = wait_for_records(2, route="/api/generate")
+    assert [r.outcome for r in records] == ["upstream_error", "upstream_error"]
 
 
 def test_openai_stream_failure_is_an_error_event(served, fake_ollama_server, user_key):

@@ -2,7 +2,6 @@
 surface's shape; token quotas; slowed key guessing."""
 
 import concurrent.futures
-import time
 from datetime import timedelta
 
 import openai
@@ -154,13 +153,6 @@ def test_openai_streams_count_tokens_even_unasked(gateway, make_key, fake_ollama
     assert asked[-1].usage.completion_tokens == 5
     # The quota fills from streams too.
     list(client.chat.completions.create(model="llama3.2", messages=messages, stream=True))
-    assert wait_until_count(UsageRecord.objects.filter(key=key), 3)
+    assert len(wait_for_records(3, key=key)) == 3
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="llama3.2", messages=messages, stream=True)
-
-
-def wait_until_count(queryset, count, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while queryset.count() < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return queryset.count() == count
