@@ -42,6 +42,10 @@ MODEL_NAME = re.compile(
 FORWARDED_HEADERS = ("Content-Type", "Accept", "User-Agent")
 
 
+def is_stream(response) -> bool:
+    return response.ok and response.headers.get("Content-Type", "").startswith(STREAM_TYPES)
+
+
 class JsonOnly(BaseContentNegotiation):
     """Our own errors are JSON whatever the client accepts (SSE clients send Accept too)."""
 
@@ -121,8 +125,10 @@ class ProxyView(GatewayAPIView):
     def forward(self, request, pool, path, body, backend=None):
         """Send to the server `pool.choose` picks (or `backend`), and relay its answer.
 
-        A connection failure sets that server aside and tries the next one: nothing reached
-        the client yet. A timeout is not retried: the server may still be working on it.
+        A connection failure sets that server aside and tries the next one, as long as nothing
+        reached the client: a whole answer is read here, so a server that dies in the middle of
+        one is replaced too; a stream is not, once it began. A timeout is not retried: the
+        server may still be working on it.
         """
         headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
         headers["X-Request-ID"] = request.request_id
@@ -138,8 +144,14 @@ class ProxyView(GatewayAPIView):
                 response = state.upstream.request(
                     request.method, path, data=data, headers=headers, stream=True
                 )
+                if not is_stream(response):
+                    response.content  # noqa: B018  (read now, while another server can answer)
                 break
-            except (requests.ConnectTimeout, requests.ConnectionError) as exc:
+            except (
+                requests.ConnectTimeout,
+                requests.ConnectionError,
+                requests.exceptions.ChunkedEncodingError,
+            ) as exc:
                 state.release()
                 pool.mark_down(state, type(exc).__name__)
                 tried.append(state)
@@ -167,8 +179,7 @@ class ProxyView(GatewayAPIView):
             )
         if response.ok and self.names_model and exchange.model:
             pool.note_loaded(state, exchange.model)
-        content_type = response.headers.get("Content-Type", "")
-        if response.ok and content_type.startswith(STREAM_TYPES):
+        if is_stream(response):
             return self.stream(request, response, exchange, state)
         try:
             return self.buffered(request, response, exchange)
@@ -276,12 +287,8 @@ class ProxyView(GatewayAPIView):
         return streaming
 
     def buffered(self, request, response, exchange):
-        try:
-            content = response.content
-        except requests.RequestException:
-            return error_response(self.error_surface, 502, "Ollama closed the connection early.")
-        finally:
-            response.close()
+        content = response.content  # read whole by forward()
+        response.close()
         exchange.status = response.status_code
         if response.ok and content and self.filter_list:
             content = self.filtered(request, content)

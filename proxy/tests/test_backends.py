@@ -138,6 +138,23 @@ def test_failover_when_a_server_is_down_and_recovery(pooled, trio, user_key):
     assert len(generations(trio["a"])) == 1
 
 
+def test_a_server_dying_mid_answer_is_replaced(pooled, trio, user_key):
+    """Nothing reached the client yet: the answer comes from another server with the model."""
+    requests.post(
+        f"{trio['a'].url}/api/generate",
+        json={"model": "llama3.2", "prompt": "x", "stream": False},
+        timeout=5,
+    )
+    backend_pool().check_all()  # llama3.2 is loaded on a: a is tried first
+    trio["a"].configure(fail="midstream")  # half an answer, then the connection drops
+    response = generate(pooled, user_key[1], "llama3.2")
+    assert response.status_code == 200 and response.json()["done"] is True
+    assert (
+        len(asking_for(trio["a"], "llama3.2")) == 2 and len(asking_for(trio["b"], "llama3.2")) == 1
+    )
+    assert [r.backend for r in wait_for_records(1, route="/api/generate")] == [names(trio["b"])]
+
+
 def test_lists_merge_the_pool_without_duplicates(pooled, make_key):
     _, raw = make_key(allowed_models=["llama3.2", "phi3", "mistral"])
     client = ollama.Client(host=pooled, headers={"Authorization": f"Bearer {raw}"})
