@@ -57,7 +57,7 @@ def client_for():
 
 @pytest.fixture(scope="session")
 def fake_ollama_server():
-    from proxy.fake_ollama.server import FakeOllama
+    from devollama.server import FakeOllama
 
     with FakeOllama() as fake:
         yield fake

@@ -108,7 +108,7 @@ def _gateway_ready(port: int, workers: int, master: subprocess.Popen) -> bool:
 def fake_ollama(*, log: Path) -> Iterator[Server]:
     """The development Ollama in fast mode (its defaults: 5 tokens, no delays)."""
     port = free_port()
-    argv = [sys.executable, "-m", "proxy.fake_ollama", "--port", str(port)]
+    argv = [sys.executable, "-m", "devollama", "--port", str(port)]
     with _process_group(
         argv, env=dict(os.environ), log=log, ready=lambda _: _answers(port, "/"), timeout=30
     ) as process:

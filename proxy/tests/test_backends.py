@@ -10,7 +10,7 @@ import requests
 
 from conftest import free_port, start_gunicorn, wait_for_records
 from proxy.backends import backend_pool
-from proxy.fake_ollama.server import FakeConfig, FakeOllama
+from devollama.server import FakeConfig, FakeOllama
 
 MODELS = {
     "a": ["llama3.2:latest", "qwen2.5:0.5b"],

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from proxy.fake_ollama.server import main
+from devollama.server import main
 
 
 class Command(BaseCommand):

@@ -17,7 +17,7 @@ import openai
 import pytest
 import requests
 
-from proxy.fake_ollama import FakeConfig, FakeOllama, token_texts
+from devollama import FakeConfig, FakeOllama, token_texts
 
 EXPECTED = "".join(token_texts(5))  # the answer with the default 5 tokens
 WEATHER_TOOL = {
@@ -589,7 +589,7 @@ def test_stop_closes_everything_and_releases_hung_requests():
 
 def test_command_line():
     process = subprocess.Popen(
-        [sys.executable, "-m", "proxy.fake_ollama", "--port", "0", "--tokens", "3"],
+        [sys.executable, "-m", "devollama", "--port", "0", "--tokens", "3"],
         cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.PIPE,
         text=True,
