@@ -14,4 +14,4 @@ USER gateway
 
 EXPOSE 8000
 # gunicorn.conf.py migrates and inserts demo keys before starting the workers.
-CMD ["gunicorn", "-c", "gunicorn.conf.py", "ollama_gateway.wsgi"]
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "ollama_gateway.asgi"]

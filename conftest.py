@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -72,10 +73,56 @@ def fake_ollama(fake_ollama_server, settings):
     fake_ollama_server.reset()
 
 
+class InProcessGateway:
+    """The ASGI application under uvicorn (the production worker's protocol), in a thread of
+    the test process: settings changed by a test apply to it at once."""
+
+    def __init__(self):
+        import uvicorn
+
+        from ollama_gateway.asgi import application
+        from ollama_gateway.server import GatewayHttpToolsProtocol
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            application,
+            host="127.0.0.1",
+            port=self.port,
+            lifespan="on",
+            # asyncio's loop (gunicorn's workers run uvloop): tests can instrument it.
+            loop="asyncio",
+            log_level="warning",
+            http=GatewayHttpToolsProtocol,
+            proxy_headers=False,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the in-process gateway did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def asgi_gateway(django_db_setup, django_db_blocker):
+    with InProcessGateway() as server:
+        yield server
+
+
 @pytest.fixture
-def gateway(live_server, transactional_db, fake_ollama):
-    """The gateway served over real HTTP (Django's threaded live server) in front of the fake."""
-    return live_server.url
+def gateway(asgi_gateway, transactional_db, fake_ollama):
+    """The gateway served over real HTTP (uvicorn, in this process) in front of the fake."""
+    return asgi_gateway.url
 
 
 def _test_database_url() -> str:
@@ -95,13 +142,12 @@ def start_gunicorn(port: int, **env) -> subprocess.Popen:
         "DATABASE_URL": _test_database_url(),
         "PORT": str(port),
         "GUNICORN_WORKERS": "2",
-        "GUNICORN_THREADS": "32",
         "GUNICORN_GRACEFUL_TIMEOUT": "10",
         "LOG_LEVEL": "WARNING",
         **env,
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "ollama_gateway.wsgi"],
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "ollama_gateway.asgi"],
         cwd=Path(__file__).parent,
         env=environment,
     )

@@ -1,8 +1,8 @@
-"""gunicorn settings for production: `gunicorn -c gunicorn.conf.py ollama_gateway.wsgi`.
+"""gunicorn settings for production: `gunicorn -c gunicorn.conf.py ollama_gateway.asgi`.
 
-Threaded workers: a stream holds a thread (not a process) for its whole life, so one worker
-serves many concurrent streams; a few processes use the cores. Every value can be overridden
-from the environment (GUNICORN_* or gunicorn's own flags).
+Event-loop workers (ollama_gateway/server.py): a waiting request, a stream included, is a
+coroutine, not a thread; a few processes use the cores. Every value can be overridden from the
+environment (GUNICORN_* or gunicorn's own flags).
 """
 
 import os
@@ -17,17 +17,21 @@ os.environ.setdefault(
 )
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
-worker_class = "gthread"
+worker_class = "ollama_gateway.server.GatewayWorker"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "64"))
-# No worker timeout for streams: a model that is loading may send its first byte minutes later.
-# gthread workers heartbeat from their main thread: a long request never looks like a hung worker.
+# The worker's loop heartbeats on its own: a long request never looks like a hung worker.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
-# On SIGTERM running streams get this long to finish before workers are stopped.
+# On SIGTERM running streams get this long (less 5 s to record what is cut) to finish.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "120"))
 keepalive = 5
-worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "2000"))
+# Open connections per worker; beyond it, 503 at once.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "4000"))
 backlog = 2048
+# gunicorn's control socket (runtime worker changes) is shared by every instance of a user by
+# default: off, unless GUNICORN_CONTROL_SOCKET names one for this instance (mode 0600).
+control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET")
+if not control_socket_disable:
+    control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
 accesslog = None  # the gateway logs each request itself, with its request id
 errorlog = "-"
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")

@@ -134,7 +134,7 @@ def gateway(*, env: dict, log: Path, workers: int = 2, threads: int = 64) -> Ite
         "GUNICORN_GRACEFUL_TIMEOUT": "10",
         "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
     }
-    argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "ollama_gateway.wsgi"]
+    argv = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "ollama_gateway.asgi"]
     try:
         with _process_group(
             argv,

@@ -1,16 +1,38 @@
-"""`Authorization: Bearer <key>` (or `X-API-Key: <key>`) authentication for DRF views."""
+"""`Authorization: Bearer <key>` (or `X-API-Key: <key>`) authentication.
+
+One class decides who a key is, for DRF's views (`authenticate`) and for the event loop's model
+routes (`aauthenticate`): the same checks, the blocking or the async form of the same statement.
+What it learned travels as `request.auth`, an `Admission`.
+"""
 
 import logging
+from dataclasses import dataclass
 
-from django.conf import settings
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 
-from keys.services import api_key_touch
-from usage.services import api_key_authenticate_and_count, auth_failure_hit
-from usage.throttling import RateLimited
+from keys.models import ApiKey
+from keys.services import aapi_key_touch, api_key_touch
+from usage.limits import (
+    RateLimitState,
+    aauth_failure_hit,
+    akey_lookup_and_count,
+    auth_failure_hit,
+    check_auth_failures,
+    key_lookup_and_count,
+)
 
 logger = logging.getLogger("keys.auth")
+
+
+@dataclass
+class Admission:
+    """What authentication learned about a request: its key and its place in the key's hourly
+    window (counted in the same statement as the lookup; None when not counted yet)."""
+
+    key: ApiKey
+    rate_limit: RateLimitState | None
+    request_id: str | None = None
 
 
 def raw_key_from_request(request) -> str | None:
@@ -28,13 +50,18 @@ def raw_key_from_request(request) -> str | None:
     return request.META.get("HTTP_X_API_KEY") or None
 
 
+def _client_addr(request) -> str:
+    return getattr(request, "client_addr", None) or "unknown"
+
+
 def count_auth_failure(request) -> None:
     """Count a failed (or missing) authentication against the caller's address; past
     AUTH_FAILURES_PER_MINUTE, answer 429 instead of 401."""
-    address = getattr(request, "client_addr", None) or "unknown"
-    failures, reset = auth_failure_hit(client_addr=address)
-    if failures > settings.AUTH_FAILURES_PER_MINUTE:
-        raise RateLimited("Too many failed authentications; slow down.", wait=reset)
+    check_auth_failures(*auth_failure_hit(client_addr=_client_addr(request)))
+
+
+async def acount_auth_failure(request) -> None:
+    check_auth_failures(*await aauth_failure_hit(client_addr=_client_addr(request)))
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -44,21 +71,48 @@ class ApiKeyAuthentication(BaseAuthentication):
             return None
         # One statement on PostgreSQL: the lookup, and the request counted against the key's
         # hourly limit if the key may be used (KeyRateThrottle then only reads the result).
-        key, rate_limit = api_key_authenticate_and_count(raw)
-        if key is None:
-            self.fail(request, "Invalid API key.", preview=None)
-        if not key.is_active:
-            self.fail(request, "This API key has been revoked.", preview=key.preview)
-        if key.is_expired():
-            self.fail(request, "This API key has expired.", preview=key.preview)
-        request._request.rate_limit = rate_limit
+        key, rate_limit = key_lookup_and_count(raw)
+        refusal = self._refusal(request, key)
+        if refusal is not None:
+            count_auth_failure(request)
+            raise exceptions.AuthenticationFailed(refusal)
         api_key_touch(key)
+        return self._admit(request, key, rate_limit)
+
+    async def aauthenticate(self, request):
+        """`authenticate` for the event loop: (key, Admission), or None without credentials."""
+        raw = raw_key_from_request(request)
+        if raw is None:
+            return None
+        key, rate_limit = await akey_lookup_and_count(raw)
+        refusal = self._refusal(request, key)
+        if refusal is not None:
+            await acount_auth_failure(request)
+            raise exceptions.AuthenticationFailed(refusal)
+        await aapi_key_touch(key)
+        return self._admit(request, key, rate_limit)
+
+    @staticmethod
+    def _admit(request, key, rate_limit):
         exchange = getattr(request, "exchange", None)
         if exchange is not None:
             exchange.key = key
-        return key, key
+        admission = Admission(key, rate_limit, getattr(request, "request_id", None))
+        if exchange is not None:
+            exchange.admission = admission
+        return key, admission
 
-    def fail(self, request, message: str, *, preview: str | None):
+    @staticmethod
+    def _refusal(request, key) -> str | None:
+        """Why `key` may not be used (logged), or None if it may."""
+        if key is None:
+            message, preview = "Invalid API key.", None
+        elif not key.is_active:
+            message, preview = "This API key has been revoked.", key.preview
+        elif key.is_expired():
+            message, preview = "This API key has expired.", key.preview
+        else:
+            return None
         logger.warning(
             "authentication failed: %s",
             message,
@@ -69,8 +123,7 @@ class ApiKeyAuthentication(BaseAuthentication):
                 "request_id": getattr(request, "request_id", None),
             },
         )
-        count_auth_failure(request)
-        raise exceptions.AuthenticationFailed(message)
+        return message
 
     def authenticate_header(self, request):
         # Makes DRF answer 401 (not 403) when credentials are missing or wrong.

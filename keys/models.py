@@ -58,6 +58,10 @@ class ApiKey(models.Model):
     def is_expired(self, now=None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or timezone.now())
 
+    def is_usable(self, now=None) -> bool:
+        """Not revoked, not expired. (The lookup statement in usage/limits.py says it in SQL.)"""
+        return self.is_active and not self.is_expired(now)
+
     def allows_model(self, model: str) -> bool:
         """Whether this key may use `model`; `llama3.2` and `llama3.2:latest` are the same model.
 

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from keys import crypto
@@ -127,14 +127,42 @@ def api_key_authenticate(raw_key: str) -> ApiKey | None:
     return found[0] if found else None
 
 
+def _touch_due(key: ApiKey, now) -> bool:
+    resolution = timedelta(seconds=settings.API_KEY_LAST_USED_RESOLUTION)
+    return key.last_used_at is None or now - key.last_used_at >= resolution
+
+
 def api_key_touch(key: ApiKey) -> None:
     """Record use, at most once per resolution window, so most requests pay no write."""
     now = timezone.now()
-    resolution = timedelta(seconds=settings.API_KEY_LAST_USED_RESOLUTION)
-    if key.last_used_at is not None and now - key.last_used_at < resolution:
+    if _touch_due(key, now):
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+
+
+_TOUCH = f"UPDATE {ApiKey._meta.db_table} SET last_used_at = %s WHERE id = %s"
+
+
+async def aapi_key_touch(key: ApiKey) -> None:
+    """`api_key_touch` from the event loop, written after the answer (it decides nothing)."""
+    from ollama_gateway import db, runtime
+
+    now = timezone.now()
+    if not _touch_due(key, now):
         return
-    ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     key.last_used_at = now
+    if db.pooled():
+        write = db.fetchone(_TOUCH, [now, key.pk])
+    else:
+        write = db.in_thread(ApiKey.objects.filter(pk=key.pk).update)(last_used_at=now)
+    await runtime.after_response(_logged(write))
+
+
+async def _logged(write) -> None:
+    try:
+        await write
+    except DatabaseError:
+        logger.warning("could not record a key's last use", exc_info=True)
 
 
 def demo_keys_ensure() -> None:

@@ -50,6 +50,22 @@ def error_response(surface: str, status: int, message: str, headers=None) -> Jso
     return JsonResponse(error_body(surface, status, message), status=status, headers=headers)
 
 
+AUTHENTICATE_HEADER = 'Bearer realm="ollama-gateway"'
+DATABASE_UNAVAILABLE = "The gateway's database is unavailable."
+
+
+def api_exception_response(exc: exceptions.APIException, surface: str) -> JsonResponse:
+    """What DRF's exception handler makes of `exc`, for the event loop's views: the status,
+    a one-line message in the surface's shape, WWW-Authenticate on 401, Retry-After on 429."""
+    headers = {}
+    if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+        headers["WWW-Authenticate"] = AUTHENTICATE_HEADER
+    wait = getattr(exc, "wait", None)
+    if wait is not None:
+        headers["Retry-After"] = str(int(wait))
+    return error_response(surface, exc.status_code, _flatten(exc.detail), headers=headers)
+
+
 def surface_for_path(path: str) -> str:
     if path.startswith("/v1/"):
         return OPENAI
@@ -89,7 +105,7 @@ def exception_handler(exc, context):
         if exchange is not None:
             # Its record has nowhere to go; trying would only hold the caller another timeout.
             exchange.recorded = True
-        return error_response(surface, 503, "The gateway's database is unavailable.")
+        return error_response(surface, 503, DATABASE_UNAVAILABLE)
     if response is None:
         # Not an API exception: a bug. Log it; the caller gets no stack trace.
         logger.exception("unhandled error", exc_info=exc)

@@ -4,9 +4,11 @@ import ipaddress
 import re
 import uuid
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 
-from usage.services import Exchange, usage_record
+from ollama_gateway import runtime
+from usage.services import Exchange, ausage_record, usage_record
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _RECORDED_PREFIXES = ("/api/", "/v1/")
@@ -49,14 +51,41 @@ def add_rate_limit_headers(response, state) -> None:
 class GatewayMiddleware:
     """Gives every request an id (returned as X-Request-ID) and an Exchange for API routes.
 
-    Views and the authentication fill the exchange in; this writes it when the response is
-    ready, unless a streaming relay took it over (it writes when the stream ends).
+    Views and the authentication fill the exchange in; this writes it once the answer is out
+    (after the last byte for blocking views; as a background task on the event loop), unless a
+    streaming relay took it over (it writes when the stream ends). Sync and async capable: on
+    the event loop's model routes it runs without a thread hop.
     """
+
+    sync_capable = True
+    async_capable = True
 
     def __init__(self, get_response):
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
 
     def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        exchange = self._begin(request)
+        response = self.get_response(request)
+        if self._finish(request, response, exchange):
+            # Written when the server closes the response, after its last byte went out: the
+            # caller does not wait for the bookkeeping. (Django runs these closers before it
+            # hands the database connection back.)
+            response._resource_closers.append(lambda: usage_record(exchange))
+        return response
+
+    async def __acall__(self, request):
+        exchange = self._begin(request)
+        response = await self.get_response(request)
+        if self._finish(request, response, exchange):
+            await runtime.after_response(ausage_record(exchange))
+        return response
+
+    @staticmethod
+    def _begin(request) -> Exchange | None:
         request.request_id = request_id_for(request)
         request.client_addr = client_address(request)
         path = request.path
@@ -67,18 +96,21 @@ class GatewayMiddleware:
                 request_id=request.request_id,
                 client_addr=request.client_addr,
             )
-        response = self.get_response(request)
+            return request.exchange
+        return None
+
+    @staticmethod
+    def _finish(request, response, exchange) -> bool:
+        """Headers every answer gets; whether its record is still to be written."""
         response["X-Request-ID"] = request.request_id
-        state = getattr(request, "rate_limit", None)
-        if state is not None:
-            add_rate_limit_headers(response, state)
-        exchange = getattr(request, "exchange", None)
+        if exchange is None:
+            return False
+        admission = exchange.admission
+        if admission is not None and admission.rate_limit is not None:
+            add_rate_limit_headers(response, admission.rate_limit)
         # Only requests that reached a gateway view (and so authentication) are recorded:
         # unknown paths are not, so they cannot fill the table or mint metric series.
-        if exchange is not None and not exchange.deferred and request.resolver_match:
-            exchange.status = exchange.status or response.status_code
-            # Written when the server closes the response, after its last byte went out: the
-            # caller does not wait for the bookkeeping. (Django runs these closers before it
-            # hands the database connection back.)
-            response._resource_closers.append(lambda: usage_record(exchange))
-        return response
+        if exchange.deferred or not request.resolver_match:
+            return False
+        exchange.status = exchange.status or response.status_code
+        return True

@@ -67,6 +67,10 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "ollama_gateway.urls"
 WSGI_APPLICATION = "ollama_gateway.wsgi.application"
+ASGI_APPLICATION = "ollama_gateway.asgi.application"
+# The model routes run on the event loop behind these only: each must be async-capable (no
+# thread hop per request). The admin, management API and docs get MIDDLEWARE.
+MODEL_ROUTE_MIDDLEWARE = ["ollama_gateway.middleware.GatewayMiddleware"]
 # The official clients call /api/generate, never /api/generate/: no redirects on the model API.
 APPEND_SLASH = False
 
@@ -170,7 +174,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["ollama_gateway.parsers.SafeJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_THROTTLE_CLASSES": ["usage.throttling.KeyRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["usage.limits.KeyRateThrottle"],
     "EXCEPTION_HANDLER": "ollama_gateway.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
@@ -211,6 +215,14 @@ OLLAMA_POOL_SIZE = env.int("OLLAMA_POOL_SIZE", default=256)
 # Bodies larger than this get 413 before anything reaches Ollama (several base64 images fit).
 MAX_REQUEST_BODY_BYTES = env.int("MAX_REQUEST_BODY_BYTES", default=50 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+# Slow clients. Request headers must arrive within REQUEST_HEADER_TIMEOUT seconds; a body within
+# REQUEST_BODY_TIMEOUT seconds plus one second per REQUEST_BODY_MIN_RATE bytes received (408
+# otherwise). A client that takes nothing of its answer for CLIENT_WRITE_TIMEOUT seconds is cut
+# off (its stream is recorded as client_closed).
+REQUEST_HEADER_TIMEOUT = env.float("REQUEST_HEADER_TIMEOUT", default=10.0)
+REQUEST_BODY_TIMEOUT = env.float("REQUEST_BODY_TIMEOUT", default=30.0)
+REQUEST_BODY_MIN_RATE = env.int("REQUEST_BODY_MIN_RATE", default=256 * 1024)
+CLIENT_WRITE_TIMEOUT = env.float("CLIENT_WRITE_TIMEOUT", default=60.0)
 # Model blobs (POST /api/blobs) are gigabytes: streamed through, never read into memory.
 
 # --- API keys and limits -----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""WSGI entry point: `gunicorn -c gunicorn.conf.py ollama_gateway.wsgi`."""
+"""WSGI entry point, for tools that want one. The server is ASGI: see ollama_gateway/asgi.py
+(under WSGI the model routes run, but each request on a loop of its own and streams buffered)."""
 
 import os
 

@@ -11,6 +11,7 @@ model; among them those where it is already loaded (no cold load); then the fewe
 flight relative to the weight. With one server, none of this costs anything.
 """
 
+import asyncio
 import logging
 import os
 import threading
@@ -82,6 +83,23 @@ class BackendState:
         }
 
 
+class Lease:
+    """A request's claim on a server, counted in flight until `release` (idempotent): the one
+    owner of that count, whichever way the request ends."""
+
+    __slots__ = ("_held", "state")
+
+    def __init__(self, state: BackendState):
+        self.state = state
+        state.acquire()
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.state.release()
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     name: str
@@ -145,10 +163,11 @@ class BackendPool:
     def by_name(self, name: str) -> BackendState | None:
         return next((s for s in self.states if s.name == name), None)
 
-    def choose(self, model: str | None = None, exclude=()) -> BackendState | None:
+    def choose(self, model: str | None = None, exclude=(), refresh=True) -> BackendState | None:
         """The server for a request (see the module docstring); None when all were tried.
 
-        A retry (`exclude` not empty) only goes to a server known to have the model.
+        A retry (`exclude` not empty) only goes to a server known to have the model. With
+        `refresh`, catalogs are re-read (blocking) when no usable server lists the model.
         """
         states = self.states
         if len(states) == 1:
@@ -161,7 +180,7 @@ class BackendPool:
         if model and candidates:
             wanted = normalize_model(model)
             having = [s for s in candidates if wanted in s.models]
-            if not having and self._refresh_on_demand():
+            if not having and refresh and self._refresh_on_demand():
                 having = [s for s in candidates if wanted in s.models]
             if not having:
                 # Only servers that are cooling down have it: try them rather than let another
@@ -173,6 +192,17 @@ class BackendPool:
             loaded = [s for s in candidates if wanted in s.loaded]
             candidates = loaded or candidates
         return min(candidates, key=BackendState.load, default=None)
+
+    async def achoose(self, model: str | None = None, exclude=()) -> BackendState | None:
+        """`choose` from the event loop: a catalog refresh (blocking I/O) runs in a thread."""
+        state = self.choose(model, exclude, refresh=False)
+        if len(self.states) > 1 and model and not self.anyone_lists(model):
+            state = await asyncio.to_thread(self.choose, model, exclude)
+        return state
+
+    def anyone_lists(self, model: str) -> bool:
+        wanted = normalize_model(model)
+        return any(wanted in s.models for s in self.states)
 
     def mark_down(self, state: BackendState, reason: str) -> None:
         with state.lock:
@@ -283,13 +313,26 @@ def _start_checker() -> None:
 
     def run():
         while True:
-            pool = _pool
+            # Re-reading the configuration here keeps the table off the requests' path.
+            pool = backend_pool() if _pool is not None else None
             if pool is not None and len(pool.states) > 1:
                 pool.check_all()
-            time.sleep(settings.BACKEND_CHECK_INTERVAL)
+            time.sleep(min(settings.BACKEND_CHECK_INTERVAL, settings.BACKEND_CONFIG_INTERVAL))
 
     _checker = threading.Thread(target=run, name="backend-checks", daemon=True)
     _checker.start()
+
+
+async def abackend_pool() -> BackendPool:
+    """`backend_pool` from the event loop. The background thread keeps the configuration
+    fresh; only a process's first request (or one after a reset) reads it, in a thread."""
+    pool = _pool
+    if (
+        pool is not None
+        and time.monotonic() - pool.loaded_at < 3 * settings.BACKEND_CONFIG_INTERVAL
+    ):
+        return pool
+    return await asyncio.to_thread(backend_pool)
 
 
 def reset_backend_pool() -> None:

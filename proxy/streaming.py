@@ -2,23 +2,27 @@
 
 Chunks go out exactly as they came in (no re-framing, no buffering). The relay only looks for the
 few lines that carry token counters: the native `"done":true` line, or the OpenAI chunk with
-`"usage"`. A cheap substring test picks them; only those lines are parsed.
+`"usage"`. A cheap substring test picks them; only those lines are parsed. Until those arrive
+it counts the content lines relayed (Ollama sends one token per line or event), so a stream cut
+short (the client gone, Ollama dead) is still charged for what it delivered.
 """
 
+import asyncio
 import json
 import logging
 import time
 
-import requests
-import urllib3
-
+from ollama_gateway import runtime
 from ollama_gateway.errors import OPENAI, error_body
+from proxy.upstream import UpstreamTimeout, UpstreamUnreachable
+from usage import metrics
+from usage.services import ausage_record
 
 logger = logging.getLogger("proxy")
 
 _MARKERS = (b'"done":true', b'"done": true', b'"usage"', b'"error"')
-# What a broken or timed-out upstream stream raises while being read.
-_STREAM_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+# A line that carries a token: native chunks and OpenAI deltas.
+_TOKEN_MARKERS = (b'"response"', b'"content"', b'"thinking"', b'"text"', b'"tool_calls"')
 
 
 def read_usage(payload: dict) -> tuple[int | None, int | None]:
@@ -59,56 +63,85 @@ def _is_usage_event(event: bytes) -> bool:
 
 
 class StreamRelay:
-    """An iterable WSGI body that relays an upstream stream and reports how it ended.
+    """The async body of a streamed answer: relays Ollama's stream, then records the exchange.
 
-    `on_finish(outcome, ttft_ms, prompt_tokens, completion_tokens)` is called exactly once:
-    when the stream ends, fails, or when the server closes us because the client went away
-    (WSGI servers call close() then, even if iteration never started). Closing the upstream
-    response drops the connection to Ollama, which stops generating.
+    It owns the request's backend lease and Ollama's reply: both are given back when the
+    stream ends, fails, or is closed because the client went away (the server closes the
+    iterator, or cancels it), and the usage record is written exactly once, after the last byte.
+    Closing Ollama's reply drops that connection, which stops the generation.
     """
 
-    def __init__(self, response, *, surface, started, on_finish, drop_usage_event=False):
-        self.response = response
+    def __init__(self, reply, lease, *, surface, exchange, drop_usage_event=False):
+        self.reply = reply
+        self.lease = lease
         self.surface = surface
-        self.started = started
-        self.on_finish = on_finish
+        self.exchange = exchange
         # The gateway asked for OpenAI's usage event; the client did not: read it, don't relay it.
         self.drop_usage_event = drop_usage_event
         self._events = b""
-        self.ttft_ms = None
         self.prompt_tokens = None
         self.completion_tokens = None
+        self.relayed_tokens = 0
         self.upstream_error = False
         self._tail = b""
-        self._finished = False
+        self._started = False
 
-    def __iter__(self):
+    def __aiter__(self):
+        return self._relay()
+
+    def close(self) -> None:
+        """The response's closer: a stream that never started (the client went away before
+        its first byte) still gives back its lease and reply, and is recorded."""
+        if self._started:
+            return
+        self._started = True
+        self.lease.release()
+        self.exchange.outcome = "client_closed"
+        runtime.spawn(self._abandoned())
+
+    async def _abandoned(self) -> None:
+        await self.reply.aclose()
+        await ausage_record(self.exchange)
+
+    async def _relay(self):
+        if self._started:
+            return
+        self._started = True
+        exchange = self.exchange
+        outcome = "client_closed"
+        metrics.STREAMS_IN_FLIGHT.inc()
         try:
-            for chunk in self.response.iter_content(chunk_size=None):
+            async for chunk in self.reply.chunks():
                 if not chunk:
                     continue
-                if self.ttft_ms is None:
-                    self.ttft_ms = (time.monotonic() - self.started) * 1000
+                if exchange.ttft_ms is None:
+                    exchange.ttft_ms = (time.monotonic() - exchange.started) * 1000
                 self._scan(chunk)
                 if self.drop_usage_event:
                     chunk = self._without_usage_event(chunk)
                 if chunk:
                     yield chunk
-        except _STREAM_ERRORS as exc:
-            # requests wraps urllib3's read timeout in a ConnectionError while streaming.
-            timed_out = any(
-                isinstance(e, (requests.Timeout, urllib3.exceptions.ReadTimeoutError))
-                for e in (exc, *exc.args)
-            )
-            logger.warning("upstream stream failed: %s", type(exc).__name__)
+            outcome = "upstream_error" if self.upstream_error else "ok"
+        except (UpstreamUnreachable, UpstreamTimeout) as exc:
+            logger.warning("upstream stream failed: %s", exc)
+            outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
             yield self._error_event("Ollama stopped answering in the middle of the stream.")
-            self._finish("timeout" if timed_out else "upstream_error")
-            return
-        self._finish("upstream_error" if self.upstream_error else "ok")
-
-    def close(self):
-        self.response.close()
-        self._finish("client_closed")
+        finally:
+            # Also reached when the client went away (GeneratorExit, CancelledError): nothing
+            # here may wait on the network, so the record is handed to a background task.
+            metrics.STREAMS_IN_FLIGHT.dec()
+            self.lease.release()
+            await asyncio.shield(self.reply.aclose())
+            exchange.outcome = outcome
+            exchange.prompt_tokens = self.prompt_tokens
+            exchange.completion_tokens = (
+                self.completion_tokens
+                if self.completion_tokens is not None
+                else self.relayed_tokens
+            )
+            if self.prompt_tokens is None and self.completion_tokens is None:
+                exchange.prompt_tokens = None
+            await runtime.after_response(ausage_record(exchange))
 
     def _scan(self, chunk: bytes) -> None:
         data = self._tail + chunk
@@ -125,6 +158,9 @@ class StreamRelay:
                 prompt, completion = read_usage(payload)
                 if prompt is not None:
                     self.prompt_tokens, self.completion_tokens = prompt, completion
+                    continue
+            if any(marker in line for marker in _TOKEN_MARKERS):
+                self.relayed_tokens += 1
 
     def _without_usage_event(self, chunk: bytes) -> bytes:
         """Complete SSE events of the stream so far, less the usage-only one."""
@@ -135,10 +171,3 @@ class StreamRelay:
     def _error_event(self, message: str) -> bytes:
         body = json.dumps(error_body(self.surface, 502, message)).encode()
         return b"data: " + body + b"\n\n" if self.surface == OPENAI else body + b"\n"
-
-    def _finish(self, outcome: str) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        self.response.close()
-        self.on_finish(outcome, self.ttft_ms, self.prompt_tokens, self.completion_tokens)

@@ -1,6 +1,7 @@
 """The model API. Ollama's account and cloud routes (/api/me, /api/signout, /api/user/keys/*,
 /api/experimental/*) are deliberately absent: they act on the server owner's ollama.com identity."""
 
+from asgiref.sync import markcoroutinefunction
 from django.urls import path, re_path
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_view, inline_serializer
@@ -43,8 +44,14 @@ def route(url, view, summary, *, upstream=None, methods=("post",), regex=False, 
         )
         for method in methods
     }
-    cls = type(view.__name__, (view,), {"upstream_path": upstream, **attrs})
-    as_view = extend_schema_view(**docs)(cls).as_view(http_method_names=list(methods))
+    cls = extend_schema_view(**docs)(
+        type(view.__name__, (view,), {"upstream_path": upstream, **attrs})
+    )
+    for method in methods:
+        # drf-spectacular documents an inherited handler through a plain wrapper: it returns
+        # the async handler's coroutine, so it is one.
+        markcoroutinefunction(getattr(cls, method))
+    as_view = cls.as_view(http_method_names=list(methods))
     return (re_path if regex else path)(url, as_view)
 
 

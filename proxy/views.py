@@ -1,36 +1,46 @@
 """The model API: Ollama's native routes and its OpenAI-compatible routes, relayed.
 
-Every route is a DRF view, so authentication, permissions and rate limits run exactly as on the
-management API; bodies are never parsed by DRF (we forward the client's bytes untouched) and
-errors come out in the surface's own shape (see ollama_gateway/errors.py).
+The views run on the event loop (`ollama_gateway.handlers.ModelRoutesHandler`): a request
+waiting on Ollama or on its client is a coroutine, holding no thread and no database connection.
+They are DRF views in their declarations (the OpenAPI schema, permission classes) and call the
+same authentication and throttle classes as every DRF view, in their async forms. Bodies are
+never parsed by DRF (we forward the client's bytes) and errors come out in the surface's own
+shape (see ollama_gateway/errors.py).
 """
 
+import asyncio
 import json
 import logging
 import re
-import time
 from urllib.parse import quote
 
-import requests
-from django.conf import settings
-from django.db import connection
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
-from rest_framework.negotiation import BaseContentNegotiation
-from rest_framework.renderers import JSONRenderer
+from django.db import InterfaceError, OperationalError
+from django.http import HttpResponse, StreamingHttpResponse
+from rest_framework import exceptions
+from rest_framework.views import APIView
 
+from keys.authentication import ApiKeyAuthentication, acount_auth_failure
 from keys.permissions import IsAdminKey, IsApiKey
-from ollama_gateway.api import GatewayAPIView
-from ollama_gateway.errors import OLLAMA, OPENAI, error_response
-from proxy.backends import CHECK_TIMEOUT, backend_pool
+from ollama_gateway import runtime
+from ollama_gateway.errors import (
+    DATABASE_UNAVAILABLE,
+    OLLAMA,
+    OPENAI,
+    api_exception_response,
+    error_response,
+)
+from proxy import upstream
+from proxy.backends import Lease, abackend_pool
 from proxy.streaming import StreamRelay, usage_from_body
-from usage import metrics
-from usage.services import usage_record
+from usage.limits import KeyRateThrottle
 
 logger = logging.getLogger("proxy")
 
 STREAM_TYPES = ("application/x-ndjson", "text/event-stream")
+# What Ollama's API answers with. Anything else (an HTML page from whatever sits at the
+# server's address) is not relayed: it would be served on the gateway's (and the admin's) origin.
+ANSWER_TYPES = (*STREAM_TYPES, "application/json", "application/octet-stream", "text/plain")
 MODEL_KEYS = ("model", "name")
-PROGRESS_ROUTES = ("/api/pull", "/api/push", "/api/create")
 # Headers of Ollama's answers worth relaying; others (Location, Set-Cookie, WWW-Authenticate...)
 # would describe the hop, not the answer.
 RELAYED_HEADERS = ("Content-Type", "Cache-Control")
@@ -40,38 +50,16 @@ MODEL_NAME = re.compile(
 )
 # Client headers worth passing on; everything else (Authorization, cookies, Host...) stays here.
 FORWARDED_HEADERS = ("Content-Type", "Accept", "User-Agent")
+UNREACHABLE = "Could not reach Ollama."
+# Bodies above this are read and parsed in a thread, so the loop keeps serving meanwhile.
+BIG_BODY = 1024 * 1024
+
+_authentication = ApiKeyAuthentication()
+_throttle = KeyRateThrottle()
 
 
-def is_stream(response) -> bool:
-    return response.ok and response.headers.get("Content-Type", "").startswith(STREAM_TYPES)
-
-
-class JsonOnly(BaseContentNegotiation):
-    """Our own errors are JSON whatever the client accepts (SSE clients send Accept too)."""
-
-    def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
-
-    def select_parser(self, request, parsers):
-        return None
-
-
-class RequestBodyStream:
-    """A client's body as a sized iterable, so that requests streams it upstream with its
-    Content-Length instead of reading gigabytes (model blobs) into memory."""
-
-    BLOCK = 1024 * 1024
-
-    def __init__(self, request):
-        self.request = request
-        self.length = int(request.META.get("CONTENT_LENGTH") or 0)
-
-    def __len__(self):
-        return self.length
-
-    def __iter__(self):
-        while block := self.request.read(self.BLOCK):
-            yield block
+def is_stream(reply) -> bool:
+    return reply.ok and reply.headers.get("Content-Type", "").startswith(STREAM_TYPES)
 
 
 class BadRequest(Exception):
@@ -88,14 +76,57 @@ def not_found_message(surface: str, model: str) -> str:
     return f"model '{model}' not found"
 
 
-class ProxyView(GatewayAPIView):
-    """Relays one request to `upstream_path` on Ollama and its answer back, streamed or not."""
+class ModelView(APIView):
+    """An async DRF view: authentication, throttle and permissions, then the handler.
+
+    The order is the gateway's (ollama_gateway/api.py): authenticate, count a request without
+    credentials as a failure, throttle (so a 403 is counted too), check permissions.
+    """
 
     error_surface = OLLAMA
     permission_classes = [IsApiKey]
-    parser_classes = []
-    renderer_classes = [JSONRenderer]
-    content_negotiation_class = JsonOnly
+
+    async def dispatch(self, request, *args, **kwargs):
+        self.args, self.kwargs, self.request = args, kwargs, request
+        method = request.method.lower()
+        handler = getattr(self, method, None) if method in self.http_method_names else None
+        if handler is None:
+            return error_response(self.error_surface, 405, f"Method {request.method} not allowed.")
+        try:
+            await self.admit(request)
+            return await handler(request, *args, **kwargs)
+        except exceptions.APIException as exc:
+            return api_exception_response(exc, self.error_surface)
+        except (OperationalError, InterfaceError) as exc:
+            # Keys and limits cannot be checked: fail closed, quickly, and say why.
+            logger.error(
+                "database unavailable: %s",
+                type(exc).__name__,
+                extra={"request_id": getattr(request, "request_id", None)},
+            )
+            if getattr(request, "exchange", None) is not None:
+                # Its record has nowhere to go; trying would only hold the caller again.
+                request.exchange.recorded = True
+            return error_response(self.error_surface, 503, DATABASE_UNAVAILABLE)
+
+    async def admit(self, request) -> None:
+        admitted = await _authentication.aauthenticate(request)
+        request.user, request.auth = admitted or (None, None)
+        if admitted is None:
+            # No credentials at all: counted like a wrong key, so probing is slowed too.
+            await acount_auth_failure(request)
+        else:
+            await _throttle.aallow_request(*admitted)
+        for permission in self.get_permissions():
+            if not permission.has_permission(request, self):
+                if request.user is None:
+                    raise exceptions.NotAuthenticated()
+                raise exceptions.PermissionDenied(getattr(permission, "message", None))
+
+
+class ProxyView(ModelView):
+    """Relays one request to `upstream_path` on Ollama and its answer back, streamed or not."""
+
     upstream_path = ""
     # Whether the JSON body must name a model (checked against the key's allowlist).
     names_model = False
@@ -104,121 +135,125 @@ class ProxyView(GatewayAPIView):
     # For list answers: the JSON list to filter by the key's allowlist, and each entry's name key.
     filter_list = None
 
-    def get(self, request, **kwargs):
-        return self.relay(request, **kwargs)
+    async def get(self, request, **kwargs):
+        return await self.relay(request, **kwargs)
 
     post = delete = head = get
 
-    def relay(self, request, **kwargs):
+    async def relay(self, request, **kwargs):
         try:
-            body = b"" if self.raw_body else self.read_body(request)
+            body = b"" if self.raw_body else await self.read_body(request)
         except BadRequest as exc:
             return error_response(self.error_surface, exc.status, exc.message)
-        return self.route(request, backend_pool(), self.upstream_path.format(**kwargs), body)
+        pool = await abackend_pool()
+        return await self.route(request, pool, self.upstream_path.format(**kwargs), body)
 
-    def route(self, request, pool, path, body):
+    async def route(self, request, pool, path, body):
         """Which server(s) get a validated request: lists merge the pool, the rest go to one."""
         if self.filter_list and len(pool.states) > 1:
-            return self.merged(request, pool, path)
-        return self.forward(request, pool, path, body)
+            from proxy.fanout import merged
 
-    def forward(self, request, pool, path, body, backend=None):
-        """Send to the server `pool.choose` picks (or `backend`), and relay its answer.
+            return await merged(request, pool, path, self.filter_list, self.error_surface)
+        return await self.forward(request, pool, path, body)
+
+    async def forward(self, request, pool, path, body, backend=None):
+        """Send to the server `pool.achoose` picks (or `backend`), and relay its answer.
 
         A connection failure sets that server aside and tries the next one, as long as nothing
         reached the client: a whole answer is read here, so a server that dies in the middle of
         one is replaced too; a stream is not, once it began. A timeout is not retried: the
-        server may still be working on it.
+        server may still be working on it. The backend lease is released when the answer is
+        read, or by the stream relay when the stream ends; on any other way out, here.
         """
         headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
         headers["X-Request-ID"] = request.request_id
         exchange = request.exchange
         tried = []
-        while True:
-            state = backend or pool.choose(exchange.model, exclude=tried)
-            if state is None:
-                return error_response(self.error_surface, 502, "Could not reach Ollama.")
-            data = RequestBodyStream(request._request) if self.raw_body else body or None
-            state.acquire()
-            try:
-                response = state.upstream.request(
-                    request.method, path, data=data, headers=headers, stream=True
-                )
-                if not is_stream(response):
-                    response.content  # noqa: B018  (read now, while another server can answer)
-                break
-            except (
-                requests.ConnectTimeout,
-                requests.ConnectionError,
-                requests.exceptions.ChunkedEncodingError,
-            ) as exc:
-                state.release()
-                pool.mark_down(state, type(exc).__name__)
-                tried.append(state)
-                if backend is not None or self.raw_body:
-                    # A server named by the caller, or a body already consumed: no retry.
-                    return error_response(self.error_surface, 502, "Could not reach Ollama.")
-            except requests.Timeout:
-                state.release()
-                logger.warning(
-                    "upstream timeout on %s", path, extra={"request_id": request.request_id}
-                )
-                return error_response(self.error_surface, 504, "Ollama did not answer in time.")
-            except requests.RequestException as exc:
-                state.release()
-                logger.warning("upstream request failed: %s", type(exc).__name__)
-                return error_response(self.error_surface, 502, "Could not reach Ollama.")
+        lease = reply = None
+        handed_off = False
+        try:
+            while True:
+                state = backend or await pool.achoose(exchange.model, exclude=tried)
+                if state is None:
+                    return error_response(self.error_surface, 502, UNREACHABLE)
+                data = body or None
+                if self.raw_body:
+                    data = request._stream  # the spooled upload, streamed with its length
+                    headers["Content-Length"] = request.META.get("CONTENT_LENGTH") or "0"
+                lease, reply = Lease(state), None
+                try:
+                    reply = await upstream.send(
+                        state.url,
+                        state.upstream.api_key,
+                        request.method,
+                        path,
+                        data=data,
+                        headers=headers,
+                    )
+                    if not is_stream(reply):
+                        await reply.read()  # now, while another server can still answer
+                    break
+                except upstream.UpstreamUnreachable as exc:
+                    lease.release()
+                    if reply is not None:
+                        await reply.aclose()
+                        reply = None
+                    pool.mark_down(state, str(exc))
+                    tried.append(state)
+                    if backend is not None or self.raw_body:
+                        # A server named by the caller, or a body already consumed: no retry.
+                        return error_response(self.error_surface, 502, UNREACHABLE)
+                except upstream.UpstreamTimeout:
+                    logger.warning(
+                        "upstream timeout on %s", path, extra={"request_id": request.request_id}
+                    )
+                    return error_response(self.error_surface, 504, "Ollama did not answer in time.")
+            response = await self.answer(request, reply, lease, state)
+            # A stream's relay owns the lease and the reply from here on.
+            handed_off = isinstance(response, StreamingHttpResponse)
+            return response
+        finally:
+            if not handed_off:
+                if lease is not None:
+                    lease.release()
+                if reply is not None:
+                    await reply.aclose()
+
+    async def answer(self, request, reply, lease, state):
+        exchange = request.exchange
         exchange.backend = state.name
-        if response.status_code in (401, 403):
+        if reply.status in (401, 403):
             # Ollama refused the gateway's own credential: not the client's doing, nor its key.
-            response.close()
-            state.release()
             logger.error("ollama server %s refused the gateway's credential", state.name)
             return error_response(
                 self.error_surface, 502, "Ollama refused the gateway's credentials."
             )
-        if response.ok and self.names_model and exchange.model:
-            pool.note_loaded(state, exchange.model)
-        if is_stream(response):
-            return self.stream(request, response, exchange, state)
-        try:
-            return self.buffered(request, response, exchange)
-        finally:
-            state.release()
-
-    def merged(self, request, pool, path):
-        """A list route over several servers: their lists merged, without duplicates."""
-        field, name_key = self.filter_list
-        entries, payload = {}, None
-        for state in pool.states:
-            if not state.usable(time.monotonic()):
-                continue
-            try:
-                answer = state.upstream.request("GET", path, timeout=CHECK_TIMEOUT)
-                answer.raise_for_status()
-                payload = answer.json()
-                listed = payload[field]
-            except (requests.RequestException, ValueError, KeyError, TypeError):
-                continue
-            for entry in listed:
-                entries.setdefault(str(entry.get(name_key, "")), entry)
-        if payload is None:
-            return error_response(self.error_surface, 502, "Could not reach Ollama.")
-        request.exchange.backend = "*"
-        payload[field] = [
-            entry for name, entry in sorted(entries.items()) if request.user.allows_model(name)
-        ]
-        return JsonResponse(payload)
-
-    def read_body(self, request) -> bytes:
-        """The client's body, validated enough that Ollama never sees a bad one."""
-        length = request.META.get("CONTENT_LENGTH") or "0"
-        if length.isdigit() and int(length) > settings.MAX_REQUEST_BODY_BYTES:
-            raise BadRequest(
-                413, f"Request body is larger than {settings.MAX_REQUEST_BODY_BYTES} bytes."
+        content_type = reply.headers.get("Content-Type", "")
+        if content_type and not content_type.startswith(ANSWER_TYPES):
+            logger.error("ollama server %s answered %s", state.name, content_type.split(";")[0])
+            return error_response(
+                self.error_surface, 502, "Ollama answered with an unexpected content type."
             )
-        body = request._request.body
-        if request.method in ("GET", "HEAD") or (not self.names_model and not body):
+        if reply.ok and self.names_model and exchange.model:
+            pool = await abackend_pool()
+            pool.note_loaded(state, exchange.model)
+        if is_stream(reply):
+            return await self.stream(request, reply, lease)
+        return self.buffered(request, reply)
+
+    async def read_body(self, request) -> bytes:
+        """The client's body, validated enough that Ollama never sees a bad one."""
+        if request.method in ("GET", "HEAD"):
+            return b""
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if length.isdigit() and int(length) > BIG_BODY:
+            # Read and parsed off the loop; the size was capped by the handler.
+            return await asyncio.to_thread(self.parse_body, request)
+        return self.parse_body(request)
+
+    def parse_body(self, request) -> bytes:
+        body = request.body
+        if not self.names_model and not body:
             return body
         try:
             payload = json.loads(body)
@@ -252,50 +287,43 @@ class ProxyView(GatewayAPIView):
                 return json.dumps(payload).encode()
         return body
 
-    def stream(self, request, response, exchange, state):
+    async def stream(self, request, reply, lease):
         """Relay chunk by chunk; the usage record is written when the stream ends."""
+        exchange = request.exchange
         exchange.deferred = True
-        exchange.status = response.status_code
-
-        metrics.STREAMS_IN_FLIGHT.inc()
-
-        def on_finish(outcome, ttft_ms, prompt_tokens, completion_tokens):
-            state.release()
-            metrics.STREAMS_IN_FLIGHT.dec()
-            exchange.outcome = outcome
-            exchange.ttft_ms = ttft_ms
-            exchange.prompt_tokens = prompt_tokens
-            exchange.completion_tokens = completion_tokens
-            usage_record(exchange)
-
+        exchange.status = reply.status
         relay = StreamRelay(
-            response,
+            reply,
+            lease,
             surface=self.error_surface,
-            started=exchange.started,
-            on_finish=on_finish,
+            exchange=exchange,
             drop_usage_event=getattr(request, "drop_usage_event", False),
         )
-        if getattr(connection, "pool", None) is not None and not connection.in_atomic_block:
-            # Give the pooled connection back for the stream's lifetime (minutes, maybe):
-            # the record at its end takes one again.
-            connection.close()
-        streaming = StreamingHttpResponse(relay, status=response.status_code)
-        self.copy_headers(response, streaming)
+        if runtime.serving():
+            streaming = StreamingHttpResponse(relay, status=reply.status)
+            streaming._resource_closers.append(relay.close)
+        else:
+            # A per-request loop (Django's test client, WSGI) ends with the view: relay it all
+            # before it does. Only the ASGI server streams.
+            streaming = HttpResponse(b"".join([c async for c in relay]), status=reply.status)
+        self.copy_headers(reply, streaming)
         streaming["Cache-Control"] = "no-cache"
         # nginx and other reverse proxies must not buffer the stream either.
         streaming["X-Accel-Buffering"] = "no"
         return streaming
 
-    def buffered(self, request, response, exchange):
-        content = response.content  # read whole by forward()
-        response.close()
-        exchange.status = response.status_code
-        if response.ok and content and self.filter_list:
+    def buffered(self, request, reply):
+        exchange = request.exchange
+        content = reply.content  # read whole by forward()
+        exchange.status = reply.status
+        if reply.ok and content and self.filter_list:
             content = self.filtered(request, content)
-        if response.ok and response.headers.get("Content-Type", "").startswith("application/json"):
+        if reply.ok and reply.headers.get("Content-Type", "").startswith("application/json"):
             exchange.prompt_tokens, exchange.completion_tokens = usage_from_body(content)
-        relayed = HttpResponse(content, status=response.status_code)
-        self.copy_headers(response, relayed)
+        relayed = HttpResponse(content, status=reply.status)
+        self.copy_headers(reply, relayed)
+        if "Content-Type" not in reply.headers:
+            del relayed["Content-Type"]
         return relayed
 
     def filtered(self, request, content: bytes) -> bytes:
@@ -328,74 +356,23 @@ class AdminProxyView(ProxyView):
 
     permission_classes = [IsAdminKey]
 
-    def route(self, request, pool, path, body):
-        name = request.query_params.get("backend")
+    async def route(self, request, pool, path, body):
+        name = request.GET.get("backend")
         if name is None and len(pool.states) == 1:
-            return super().route(request, pool, path, body)
+            return await super().route(request, pool, path, body)
         if name is not None:
             state = pool.by_name(name)
             if state is None:
                 return error_response(self.error_surface, 404, f"backend '{name}' not found")
-            return self.forward(request, pool, path, body, backend=state)
+            return await self.forward(request, pool, path, body, backend=state)
         if self.raw_body:
             return error_response(
                 self.error_surface, 400, "Several Ollama servers: name one with ?backend=<name>."
             )
+        from proxy.fanout import fan_out
+
         request.exchange.backend = "*"
-        return fan_out(request, pool.states, path, body)
-
-
-def fan_out(request, states, path: str, body: bytes):
-    """Send one model-management request to every server, one after the other."""
-    payload = json.loads(body) if body else {}
-    # Only these answer with progress streams; copy and delete answer once.
-    streamed = path in PROGRESS_ROUTES and payload.get("stream", True) is not False
-    headers = {"Content-Type": "application/json", "X-Request-ID": request.request_id}
-
-    def send(state):
-        return state.upstream.request(
-            request.method, path, data=body or None, headers=headers, stream=streamed
-        )
-
-    if not streamed:
-        results = []
-        for state in states:
-            try:
-                answer = send(state)
-                results.append(
-                    {"backend": state.name, "status": answer.status_code, "body": answer.text}
-                )
-            except requests.RequestException:
-                results.append(
-                    {"backend": state.name, "status": 502, "body": "Could not reach Ollama."}
-                )
-        failed = [r for r in results if not 200 <= r["status"] < 300]
-        if failed:
-            message = "; ".join(f"{r['backend']}: {r['body'].strip()}" for r in failed)
-            return JsonResponse({"error": message, "backends": results}, status=failed[0]["status"])
-        return JsonResponse({"status": "success", "backends": results})
-
-    def progress():
-        failures = []
-        for state in states:
-            try:
-                with send(state) as answer:
-                    for line in answer.iter_lines():
-                        if not line:
-                            continue
-                        event = {**json.loads(line), "backend": state.name}
-                        if "error" in event:
-                            failures.append(f"{state.name}: {event['error']}")
-                        elif event.get("status") != "success":
-                            yield json.dumps(event).encode() + b"\n"
-                    if not answer.ok and not failures:
-                        failures.append(f"{state.name}: status {answer.status_code}")
-            except (requests.RequestException, ValueError):
-                failures.append(f"{state.name}: could not reach Ollama")
-        final = {"error": "; ".join(failures)} if failures else {"status": "success"}
-        yield json.dumps(final).encode() + b"\n"
-
-    return StreamingHttpResponse(progress(), content_type="application/x-ndjson")
+        return await fan_out(request, pool.states, path, body)
 
 
 class OpenAIProxyView(ProxyView):
@@ -407,9 +384,9 @@ class OpenAIModelView(OpenAIProxyView):
 
     upstream_path = "/v1/models/{model}"
 
-    def get(self, request, model):
+    async def get(self, request, model):
         request.exchange.model = model
         # The name becomes part of the upstream path: nothing but a model name may get there.
         if not MODEL_NAME.fullmatch(model) or ".." in model or not request.user.allows_model(model):
             return error_response(OPENAI, 404, not_found_message(OPENAI, model))
-        return self.relay(request, model=quote(model, safe="/:"))
+        return await self.relay(request, model=quote(model, safe="/:"))

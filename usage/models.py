@@ -1,7 +1,19 @@
+from datetime import datetime
+
 from django.db import models
 from django.utils import timezone
 
 from keys.models import ApiKey
+
+
+def hour_start(moment: datetime) -> datetime:
+    """The hour a moment belongs to: rate-limit windows and hourly rollups."""
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def day_start(moment: datetime) -> datetime:
+    """The UTC day a moment belongs to: token quotas and daily rollups."""
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 class UsageRecord(models.Model):

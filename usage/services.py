@@ -1,10 +1,7 @@
-"""Usage: how much each key consumed, and the limits on it.
+"""Usage: what each request consumed, written once when it ends.
 
-Write paths on every request (each one a single atomic SQL statement, so limits hold exactly
-across threads and processes):
-- `rate_limit_hit`: count a request against its key's hourly window, refusing past the limit;
-- `usage_record`: write the raw record and add it to the hourly rollup, once per request;
-- `auth_failure_hit`: count a failed authentication against the client's address.
+`usage_record` (blocking) and `ausage_record` (the event loop) write the raw record and add it
+to its hourly and daily rollups: one statement on PostgreSQL. Limits are in usage/limits.py.
 """
 
 import bisect
@@ -16,9 +13,7 @@ from datetime import datetime, timedelta
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from keys.crypto import hash_key, looks_like_key
-from keys.models import ApiKey
-from keys.services import api_key_authenticate
+from ollama_gateway import db
 from usage import metrics
 from usage.models import (
     LATENCY_BUCKETS_MS,
@@ -29,6 +24,8 @@ from usage.models import (
     RateCounter,
     UsageRecord,
     UsageRollup,
+    day_start,
+    hour_start,
 )
 
 logger = logging.getLogger("usage")
@@ -61,6 +58,8 @@ class Exchange:
     started: float = field(default_factory=time.monotonic)
     started_at: datetime = field(default_factory=timezone.now)
     key: object = None
+    # What authentication learned (keys.authentication.Admission): the key's rate-limit state.
+    admission: object = None
     model: str = ""
     backend: str = ""
     status: int = 0
@@ -99,14 +98,6 @@ _ROLLUP_UPSERT = (
 _RECORD_AND_ROLLUP = f"WITH record AS ({_RECORD_INSERT}) {_ROLLUP_UPSERT}"
 
 
-def _hour(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
-
-
-def _day(moment: datetime) -> datetime:
-    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
-
-
 def _rollup_params(record: UsageRecord, span: str = UsageRollup.Span.HOUR) -> list:
     """What one request adds to its rollup row of `span` (the row's key, then the sums)."""
     tokens_in, tokens_out = record.prompt_tokens or 0, record.completion_tokens or 0
@@ -121,17 +112,22 @@ def _rollup_params(record: UsageRecord, span: str = UsageRollup.Span.HOUR) -> li
         **{column: int(outcome == record.outcome) for outcome, column in OUTCOME_COLUMNS.items()},
         **{column: int(i == bucket) for i, column in enumerate(LATENCY_COLUMNS)},
     }
-    start = (_day if span == UsageRollup.Span.DAY else _hour)(record.started_at)
+    start = (day_start if span == UsageRollup.Span.DAY else hour_start)(record.started_at)
     start = connection.ops.adapt_datetimefield_value(start)
     return [record.key_id or 0, record.model, span, start, *(sums[c] for c in _ROLLUP_SUMS)]
 
 
-def _write(record: UsageRecord) -> None:
+def _write_params(record: UsageRecord) -> tuple[list, list]:
     record_params = [
         f.get_db_prep_save(f.value_from_object(record), connection) for f in _RECORD_FIELDS
     ]
     # Its hourly and its daily row, in the same statement.
     rollup_params = _rollup_params(record) + _rollup_params(record, UsageRollup.Span.DAY)
+    return record_params, rollup_params
+
+
+def _write(record: UsageRecord) -> None:
+    record_params, rollup_params = _write_params(record)
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(_RECORD_AND_ROLLUP, record_params + rollup_params)
@@ -141,16 +137,12 @@ def _write(record: UsageRecord) -> None:
             cursor.execute(_ROLLUP_UPSERT, rollup_params)
 
 
-def usage_record(exchange: Exchange) -> None:
-    """Write the record of a finished request and add it to its rollup (once per exchange).
-
-    One round trip on PostgreSQL (a CTE), one short transaction of two statements on SQLite.
-    A database error is logged, never raised: the answer matters more than its bookkeeping.
-    """
+def _record_of(exchange: Exchange) -> UsageRecord | None:
+    """The record of a finished exchange; None if it was already taken (once per exchange)."""
     if exchange.recorded:
-        return
+        return None
     exchange.recorded = True
-    record = UsageRecord(
+    return UsageRecord(
         key=exchange.key,
         started_at=exchange.started_at,
         method=exchange.method,
@@ -166,11 +158,44 @@ def usage_record(exchange: Exchange) -> None:
         request_id=exchange.request_id,
         client_addr=exchange.client_addr,
     )
+
+
+def usage_record(exchange: Exchange) -> None:
+    """Write the record of a finished request and add it to its rollups (once per exchange).
+
+    One round trip on PostgreSQL (a CTE), one short transaction of two statements on SQLite.
+    A database error is logged, never raised: the answer matters more than its bookkeeping.
+    """
+    record = _record_of(exchange)
+    if record is None:
+        return
     try:
         _write(record)
     except DatabaseError:
         # Never let bookkeeping break an answer (a stream would be cut off mid-way): say so.
         logger.exception("usage record lost", extra={"request_id": record.request_id})
+    _observe(record, exchange)
+
+
+async def ausage_record(exchange: Exchange) -> None:
+    """`usage_record` from the event loop: one pooled statement on PostgreSQL (retried once
+    on a fresh connection if its connection died), Django's connection in a thread elsewhere."""
+    if not db.pooled():
+        await db.in_thread(usage_record)(exchange)
+        return
+    record = _record_of(exchange)
+    if record is None:
+        return
+    record_params, rollup_params = _write_params(record)
+    try:
+        await db.fetchone(_RECORD_AND_ROLLUP, record_params + rollup_params)
+    except DatabaseError:
+        logger.exception("usage record lost", extra={"request_id": record.request_id})
+    _observe(record, exchange)
+
+
+def _observe(record: UsageRecord, exchange: Exchange) -> None:
+    """Metrics and the request's log line."""
     metrics.observe(record)
     logger.info(
         "%s %s %s %s %.1fms",
@@ -188,133 +213,6 @@ def usage_record(exchange: Exchange) -> None:
             "completion_tokens": record.completion_tokens,
         },
     )
-
-
-# --- Limits -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RateLimitState:
-    limit: int
-    remaining: int
-    reset: int  # seconds until the window ends
-    allowed: bool
-
-
-def _counter_increment_sql(table: str, keys: tuple[str, ...], column: str, *, capped=False):
-    """Insert a counter row at 1 or add 1 to it, returning the new count. With `capped`, only
-    while the count is under a limit passed as the last parameter (no row returned past it)."""
-    names = ", ".join(keys)
-    sql = (
-        f"INSERT INTO {table} ({names}, {column}) VALUES ({', '.join(['%s'] * len(keys))}, 1) "
-        f"ON CONFLICT ({names}) DO UPDATE SET {column} = {table}.{column} + 1 "
-    )
-    if capped:
-        sql += f"WHERE {table}.{column} < %s "
-    return sql + f"RETURNING {column}"
-
-
-_RATE_HIT = _counter_increment_sql(
-    RateCounter._meta.db_table, ("key_id", "window_start"), "requests", capped=True
-)
-
-
-def _rate_state(key, counted: int | None, now: datetime) -> RateLimitState:
-    """The window's state after an attempt; `counted` is None when the limit was reached."""
-    reset = int((_hour(now) + timedelta(hours=1) - now).total_seconds()) + 1
-    if counted is None:
-        return RateLimitState(key.rate_limit, 0, reset, allowed=False)
-    return RateLimitState(key.rate_limit, max(key.rate_limit - counted, 0), reset, allowed=True)
-
-
-def rate_limit_hit(*, key, now: datetime | None = None) -> RateLimitState:
-    """Count one request in its key's current hour, unless the limit is reached.
-
-    A single upsert: the row is only incremented while under the limit, and the database
-    serializes concurrent increments of one row, so exactly `rate_limit` requests get through
-    per hour whatever the number of threads and processes.
-    """
-    now = now or timezone.now()
-    window = connection.ops.adapt_datetimefield_value(_hour(now))
-    with connection.cursor() as cursor:
-        cursor.execute(_RATE_HIT, [key.pk, window, key.rate_limit])
-        row = cursor.fetchone()
-    return _rate_state(key, row[0] if row else None, now)
-
-
-_KEY_TABLE = ApiKey._meta.db_table
-_KEY_COLUMNS = ", ".join(f.column for f in ApiKey._meta.concrete_fields)
-# PostgreSQL: the key lookup and the count of the request against its window in one statement
-# (one round trip). The request is counted only for a usable key under its limit; `counted`
-# is NULL otherwise.
-_AUTHENTICATE_AND_COUNT = f"""
-WITH key AS (SELECT {_KEY_COLUMNS} FROM {_KEY_TABLE} WHERE key_hash = %s),
-hit AS (
-    INSERT INTO {RateCounter._meta.db_table} AS counter (key_id, window_start, requests)
-    SELECT id, %s, 1 FROM key WHERE is_active AND (expires_at IS NULL OR expires_at > %s)
-    ON CONFLICT (key_id, window_start) DO UPDATE SET requests = counter.requests + 1
-    WHERE counter.requests < (SELECT rate_limit FROM key)
-    RETURNING requests
-)
-SELECT {_KEY_COLUMNS}, (SELECT requests FROM hit) AS counted FROM key
-"""
-
-
-def api_key_authenticate_and_count(raw_key: str) -> tuple[ApiKey | None, RateLimitState | None]:
-    """The key a raw value belongs to (whatever its state; None if unknown) and, for a usable
-    key, the request counted against its hourly limit (`allowed` False past the limit).
-
-    PostgreSQL: one statement. SQLite: the lookup, then `rate_limit_hit`.
-    """
-    now = timezone.now()
-    if connection.vendor != "postgresql":
-        key = api_key_authenticate(raw_key)
-        if key is None or not key.is_active or key.is_expired(now):
-            return key, None
-        return key, rate_limit_hit(key=key, now=now)
-    if not looks_like_key(raw_key):
-        return None, None
-    params = [hash_key(raw_key), _hour(now), now]
-    found = list(ApiKey.objects.raw(_AUTHENTICATE_AND_COUNT, params))
-    if not found:
-        return None, None
-    key = found[0]
-    if not key.is_active or key.is_expired(now):
-        return key, None
-    return key, _rate_state(key, key.counted, now)
-
-
-def tokens_used_today(*, key, now: datetime | None = None) -> int:
-    """Prompt + completion tokens of `key` since 00:00 UTC: its daily rollup rows."""
-    day = _day(now or timezone.now())
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) "
-            f"FROM {UsageRollup._meta.db_table} WHERE key_pk = %s AND span = %s AND start = %s",
-            [key.pk, UsageRollup.Span.DAY, connection.ops.adapt_datetimefield_value(day)],
-        )
-        return int(cursor.fetchone()[0])
-
-
-_AUTH_FAILURE_HIT = _counter_increment_sql(
-    AuthFailureCounter._meta.db_table, ("client_addr", "window_start"), "failures"
-)
-
-
-def auth_failure_hit(*, client_addr: str, now: datetime | None = None) -> tuple[int, int]:
-    """Count a failed authentication from `client_addr` in the current minute.
-
-    Returns (failures so far this minute, seconds until the minute ends). Only failures pay
-    for this: requests with a valid key never touch the table.
-    """
-    now = now or timezone.now()
-    window = now.replace(second=0, microsecond=0)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _AUTH_FAILURE_HIT, [client_addr, connection.ops.adapt_datetimefield_value(window)]
-        )
-        failures = cursor.fetchone()[0]
-    return failures, 60 - now.second
 
 
 # --- Retention ----------------------------------------------------------------------------------

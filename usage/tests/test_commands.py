@@ -5,8 +5,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from usage.limits import rate_limit_hit
 from usage.models import RateCounter, UsageRecord, UsageRollup
-from usage.services import Exchange, rate_limit_hit, usage_record
+from usage.services import Exchange, usage_record
 
 
 def old_and_new(key):

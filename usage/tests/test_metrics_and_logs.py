@@ -88,10 +88,10 @@ def test_database_down_fails_closed_with_503(client, user_key, settings, path, m
 
     from keys import authentication
 
-    def broken(raw):
+    async def broken(raw):
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr(authentication, "api_key_authenticate_and_count", broken)
+    monkeypatch.setattr(authentication, "akey_lookup_and_count", broken)
     response = client.get(path, HTTP_AUTHORIZATION=f"Bearer {user_key[1]}")
     assert response.status_code == 503
     assert "database is unavailable" in response.content.decode()
