@@ -102,6 +102,8 @@ async def fetchone(sql: str, params) -> tuple | None:
             if attempt == 2 or isinstance(exc, PoolTimeout):
                 raise OperationalError(str(exc)) from exc
             logger.warning("database connection lost (%s); retrying once", type(exc).__name__)
+            # Its idle siblings may be dead too (a database restart): drop those first.
+            await pool.check()
         except psycopg.Error as exc:
             raise DatabaseError(str(exc)) from exc
     return None  # not reached

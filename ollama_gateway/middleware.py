@@ -1,5 +1,6 @@
 """Request id, client address, rate-limit headers, and one usage record per API request."""
 
+import asyncio
 import ipaddress
 import re
 import uuid
@@ -10,6 +11,8 @@ from django.conf import settings
 from ollama_gateway import runtime
 from usage.services import Exchange, ausage_record, usage_record
 
+# What nginx and Ollama log for a request whose client closed the connection first.
+CLIENT_CLOSED_STATUS = 499
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _RECORDED_PREFIXES = ("/api/", "/v1/")
 _UNRECORDED = ("/api/schema",)
@@ -79,7 +82,15 @@ class GatewayMiddleware:
 
     async def __acall__(self, request):
         exchange = self._begin(request)
-        response = await self.get_response(request)
+        try:
+            response = await self.get_response(request)
+        except asyncio.CancelledError:
+            # The client went away while the view waited (on Ollama, a model loading...).
+            if exchange is not None and not exchange.deferred and request.resolver_match:
+                exchange.status = exchange.status or CLIENT_CLOSED_STATUS
+                exchange.outcome = "client_closed"
+                runtime.spawn(ausage_record(exchange))
+            raise
         if self._finish(request, response, exchange):
             await runtime.after_response(ausage_record(exchange))
         return response

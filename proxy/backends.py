@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import requests
 from django.conf import settings
 from django.core.signals import setting_changed
-from django.db import DatabaseError
+from django.db import DatabaseError, connections
 
 from keys.models import normalize_model
 from proxy.upstream import Upstream
@@ -315,6 +315,8 @@ def _start_checker() -> None:
         while True:
             # Re-reading the configuration here keeps the table off the requests' path.
             pool = backend_pool() if _pool is not None else None
+            # This thread's database connection is not kept between reads.
+            connections.close_all()
             if pool is not None and len(pool.states) > 1:
                 pool.check_all()
             time.sleep(min(settings.BACKEND_CHECK_INTERVAL, settings.BACKEND_CONFIG_INTERVAL))
