@@ -6,6 +6,7 @@ import uuid
 
 from django.conf import settings
 
+from keys.crypto import redact_keys
 from usage.services import Exchange, usage_record
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -63,7 +64,7 @@ class GatewayMiddleware:
         if path.startswith(_RECORDED_PREFIXES) and not path.startswith(_UNRECORDED):
             request.exchange = Exchange(
                 method=request.method,
-                route=path[:64],
+                route=redact_keys(path)[:64],  # a key given in a path is never stored
                 request_id=request.request_id,
                 client_addr=request.client_addr,
             )

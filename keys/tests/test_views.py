@@ -1,5 +1,6 @@
 """POST/GET /api/keys and DELETE /api/keys/{preview}."""
 
+import logging
 from datetime import timedelta
 
 import pytest
@@ -65,6 +66,27 @@ def test_revoke_by_preview(admin, make_key, client_for):
     listed = {k["preview"]: k for k in admin.get("/api/keys").json()}
     assert listed[key.preview]["is_active"] is False
     assert listed[key.preview]["revoked_at"] is not None
+
+
+def test_revoke_by_the_whole_key_never_stores_or_logs_it(admin, make_key, client_for, caplog):
+    from usage.models import UsageRecord
+
+    caplog.set_level(logging.DEBUG)
+    key, raw = make_key(name="leaked")
+    response = admin.delete(f"/api/keys/{raw}")
+    assert response.status_code == 204
+    assert client_for(raw).get("/api/version").status_code == 401
+    key.refresh_from_db()
+    assert key.is_active is False
+    record = UsageRecord.objects.get(method="DELETE")
+    assert raw not in record.route and record.route == f"/api/keys/{key.preview}…"
+    assert raw not in "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
+    # An unknown whole key: 404, without echoing it.
+    unknown = "ollama-" + "Z" * 43
+    response = admin.delete(f"/api/keys/{unknown}")
+    assert response.status_code == 404
+    assert unknown not in response.content.decode()
+    assert not UsageRecord.objects.filter(route__contains=unknown).exists()
 
 
 def test_revoke_unknown_key_is_404(admin):
