@@ -1,8 +1,7 @@
-import csv
 import hmac
 
 from django.conf import settings
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
@@ -10,7 +9,7 @@ from rest_framework.response import Response
 from keys.permissions import IsAdminKey, IsApiKey
 from ollama_gateway.api import GatewayAPIView
 from usage import metrics
-from usage.models import UsageRecord
+from usage.export import usage_csv_response
 from usage.serializers import (
     AdminStatsQuerySerializer,
     AdminStatsSerializer,
@@ -70,52 +69,6 @@ class AdminStatsView(StatsView):
 
     def scope(self, request, params) -> dict:
         return {"key": params.get("key"), "per_key": True}
-
-
-CSV_COLUMNS = [
-    "started_at",
-    "key__preview",
-    "key__name",
-    "method",
-    "route",
-    "model",
-    "backend",
-    "status",
-    "outcome",
-    "latency_ms",
-    "ttft_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "request_id",
-    "client_addr",
-]
-
-
-class _Echo:
-    def write(self, value):
-        return value
-
-
-def usage_csv_response(start, end) -> StreamingHttpResponse:
-    """Raw records of a period as CSV, streamed: memory stays flat for millions of rows."""
-    rows = (
-        UsageRecord.objects.filter(started_at__gte=start, started_at__lt=end)
-        .order_by("started_at")
-        .values_list(*CSV_COLUMNS)
-        .iterator(chunk_size=5000)
-    )
-    writer = csv.writer(_Echo())
-    header = [c.replace("key__", "key_") for c in CSV_COLUMNS]
-    lines = (writer.writerow(row) for row in _prepend(header, rows))
-    response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
-    name = f"usage-{start:%Y%m%d%H%M}-{end:%Y%m%d%H%M}.csv"
-    response["Content-Disposition"] = f'attachment; filename="{name}"'
-    return response
-
-
-def _prepend(first, rest):
-    yield first
-    yield from rest
 
 
 class UsageExportView(GatewayAPIView):

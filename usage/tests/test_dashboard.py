@@ -12,7 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from usage.dashboard import WIDE, bar_chart
+from usage.charts import WIDE, bar_chart
 
 DASHBOARD = "/admin/usage/usagerecord/dashboard/"
 IN_PERIOD = {"req-1", "req-2", "req-3", "req-error", "req-limited"}
