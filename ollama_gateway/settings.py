@@ -202,6 +202,9 @@ BACKEND_CHECK_INTERVAL = env.float("BACKEND_CHECK_INTERVAL", default=10.0)
 BACKEND_COOLDOWN = env.float("BACKEND_COOLDOWN", default=15.0)
 # Seconds a process keeps the backend configuration before re-reading the table.
 BACKEND_CONFIG_INTERVAL = env.float("BACKEND_CONFIG_INTERVAL", default=10.0)
+# Servers at link-local or cloud-metadata addresses (169.254.0.0/16, fe80::/10, 100.100.100.200,
+# metadata.google.internal...) are refused unless this is true: the pool gets every prompt.
+BACKEND_ALLOW_LINK_LOCAL = env.bool("BACKEND_ALLOW_LINK_LOCAL", default=False)
 # The gateway's own credential for an upstream that requires one; the client's never goes upstream.
 OLLAMA_API_KEY = env.str("OLLAMA_API_KEY", default="")
 OLLAMA_CONNECT_TIMEOUT = env.float("OLLAMA_CONNECT_TIMEOUT", default=5.0)
@@ -220,6 +223,15 @@ DEFAULT_RATE_LIMIT_USER = env.int("DEFAULT_RATE_LIMIT_USER", default=100)
 DEFAULT_RATE_LIMIT_ADMIN = env.int("DEFAULT_RATE_LIMIT_ADMIN", default=1000)
 # `last_used_at` is written at most this often per key, so that requests do not each pay a write.
 API_KEY_LAST_USED_RESOLUTION = env.int("API_KEY_LAST_USED_RESOLUTION", default=60)
+
+# What user keys may ask of the shared Ollama server (proxy/policy.py); admin keys are not bound.
+# keep_alive is clamped to [MIN, MAX] seconds (MAX negative: no upper bound).
+USER_KEEP_ALIVE_MIN = env.float("USER_KEEP_ALIVE_MIN", default=300.0)
+USER_KEEP_ALIVE_MAX = env.float("USER_KEEP_ALIVE_MAX", default=1800.0)
+# options.num_ctx above this is lowered to it; 0: user keys cannot set it.
+USER_MAX_NUM_CTX = env.int("USER_MAX_NUM_CTX", default=0)
+# Server-wide fields user keys may set anyway, unchanged (keep_alive, shift, num_ctx, num_gpu...).
+USER_SERVER_OPTIONS = env.list("USER_SERVER_OPTIONS", default=[])
 
 # Failed authentications per client address and minute before the gateway answers 429.
 AUTH_FAILURES_PER_MINUTE = env.int("AUTH_FAILURES_PER_MINUTE", default=20)
