@@ -5,6 +5,7 @@ documented in `.env.example`. Library code reads `django.conf.settings` at call 
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -48,6 +49,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "keys",
     "usage",
     "proxy",
@@ -63,6 +65,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Turns an admin login refused for too many failures into a 429 page (see AXES_* below).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "ollama_gateway.urls"
@@ -125,6 +129,25 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["TEST"] = {"NAME": str(BASE_DIR / "var" / f"test-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Admin logins go through django-axes first: it refuses a user name from an address after
+# repeated failures. API keys never reach Django's authenticate() (keys/authentication.py).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failed admin logins for one user name from one address before that pair is locked out...
+AXES_FAILURE_LIMIT = env.int("ADMIN_LOGIN_FAILURE_LIMIT", default=5)
+# ...for this many minutes (each further failure during the lockout restarts it).
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("ADMIN_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["ip_address", "username"]]
+AXES_RESET_ON_SUCCESS = True
+# The same client address as records and limits: X-Forwarded-For only from TRUSTED_PROXIES.
+AXES_CLIENT_IP_CALLABLE = "ollama_gateway.middleware.client_address"
+AXES_HTTP_RESPONSE_CODE = 429
+# Failures and lockouts are logged with the user name and address (axes masks both by default;
+# an operator needs them to act). Passwords are always masked.
+AXES_SENSITIVE_PARAMETERS: list[str] = []
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -266,5 +289,7 @@ LOGGING = {
         # Requests are logged by the gateway itself, one line each, with their request id.
         "django.server": {"level": "WARNING"},
         "django.request": {"level": "ERROR"},
+        # Admin login failures and lockouts (django-axes) are warnings; its chatter is not.
+        "axes": {"level": "WARNING"},
     },
 }
