@@ -14,8 +14,14 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-if (BASE_DIR / ".env").is_file():
-    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# Values come from the environment, then from the .env file beside manage.py (gunicorn.conf.py
+# reads the same file). GATEWAY_ENV_FILE names another file, or none when empty (the test suite:
+# ollama_gateway/settings_test.py).
+ENV_FILE = os.environ.get("GATEWAY_ENV_FILE", str(BASE_DIR / ".env"))
+if ENV_FILE and Path(ENV_FILE).is_file():
+    environ.Env.read_env(ENV_FILE, overwrite=False)
+elif ENV_FILE and "GATEWAY_ENV_FILE" in os.environ:
+    raise ImproperlyConfigured(f"GATEWAY_ENV_FILE names {ENV_FILE}, which is not a file.")
 
 VERSION = "0.1.0"
 
@@ -57,6 +63,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # The admin, its dashboard and the docs only (ollama_gateway/csp.py).
+    "ollama_gateway.csp.ContentSecurityPolicyMiddleware",
     "ollama_gateway.middleware.GatewayMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -179,6 +187,9 @@ CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Sent with the admin, the dashboard and /docs, /redoc (never the model routes); the default is
+# in ollama_gateway/csp.py. Only to loosen it for a customised page.
+CONTENT_SECURITY_POLICY = env.str("CONTENT_SECURITY_POLICY", default="")
 SILENCED_SYSTEM_CHECKS = env.list(
     "SILENCED_SYSTEM_CHECKS",
     # TLS is terminated by the reverse proxy in front of the gateway (see docs): HSTS and the
