@@ -138,3 +138,16 @@ def test_expiry_in_the_future_is_kept(admin):
     response = admin.post("/api/keys", {"name": "temp", "expires_at": expires}, format="json")
     assert response.status_code == 201
     assert ApiKey.objects.get(name="temp").expires_at is not None
+
+
+def test_a_body_announced_too_large_gets_413(admin, settings):
+    response = admin.generic(
+        "POST",
+        "/api/keys",
+        b'{"name": "big"}',
+        content_type="application/json",
+        CONTENT_LENGTH=str(60 * 1024 * 1024),
+    )
+    assert response.status_code == 413
+    assert str(settings.DATA_UPLOAD_MAX_MEMORY_SIZE) in response.json()["detail"]
+    assert not ApiKey.objects.filter(name="big").exists()
