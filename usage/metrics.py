@@ -64,6 +64,33 @@ _ROUTE_PATTERNS = (
 )
 
 
+# Model label values: what a server lists, else "other"; while no catalog is known (one server,
+# never checked), the first MAX_MODEL_LABELS names this process saw, then "other".
+OTHER_MODEL = "other"
+MAX_MODEL_LABELS = 50
+_seen_models: set[str] = set()
+
+
+def model_label(model: str, outcome: str) -> str:
+    """A bounded label for a model name: 20 spellings of one model never make 20 series."""
+    from keys.models import normalize_model
+    from proxy.backends import known_models
+
+    if not model:
+        return ""
+    # Names in failed requests are arbitrary (typos, probes): one value for all of them.
+    if outcome != "ok":
+        return OTHER_MODEL
+    name = normalize_model(model)
+    catalog = known_models()
+    if catalog:
+        return name if name in catalog else OTHER_MODEL
+    if name in _seen_models or len(_seen_models) < MAX_MODEL_LABELS:
+        _seen_models.add(name)
+        return name
+    return OTHER_MODEL
+
+
 def route_label(path: str) -> str:
     for pattern, label in _ROUTE_PATTERNS:
         if pattern.match(path):
@@ -74,8 +101,7 @@ def route_label(path: str) -> str:
 def observe(record) -> None:
     """Count one finished request (called by usage_record only)."""
     route = route_label(record.route)
-    # Only models that answered become label values: names in failed requests are arbitrary.
-    model = record.model if record.outcome == "ok" else ""
+    model = model_label(record.model, record.outcome)
     REQUESTS.labels(route, model, str(record.status), record.outcome).inc()
     LATENCY.labels(route).observe(record.latency_ms / 1000)
     if record.ttft_ms is not None:

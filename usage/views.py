@@ -85,12 +85,25 @@ class UsageExportView(GatewayAPIView):
         return usage_csv_response(query.validated_data["start"], query.validated_data["end"])
 
 
+# Headers a reverse proxy adds: a request carrying one came from somewhere else.
+_FORWARDING_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+
+
 def metrics_view(request):
-    """Prometheus metrics, for a bearer METRICS_TOKEN or an address in METRICS_ALLOWED_IPS."""
+    """Prometheus metrics, for a bearer METRICS_TOKEN or an address in METRICS_ALLOWED_IPS.
+
+    The address is the client's as TRUSTED_PROXIES resolves it. A request relayed by a proxy
+    that is not trusted (e.g. a local nginx when TRUSTED_PROXIES is empty: REMOTE_ADDR is
+    127.0.0.1, the client is anywhere) is not taken for a local one: it needs the token.
+    """
     token = settings.METRICS_TOKEN
     given = request.META.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ").strip()
     token_ok = bool(token) and hmac.compare_digest(given.encode(), token.encode())
-    if not (token_ok or getattr(request, "client_addr", None) in settings.METRICS_ALLOWED_IPS):
+    relayed = request.META.get("REMOTE_ADDR") not in settings.TRUSTED_PROXIES and any(
+        request.META.get(header) for header in _FORWARDING_HEADERS
+    )
+    address = getattr(request, "client_addr", None)
+    if not (token_ok or (address in settings.METRICS_ALLOWED_IPS and not relayed)):
         return JsonResponse({"detail": "Not allowed."}, status=403)
     body, content_type = metrics.render()
     return HttpResponse(body, content_type=content_type)
