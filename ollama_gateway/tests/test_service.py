@@ -63,6 +63,9 @@ def test_schema_declares_the_bearer_scheme(client, db):
 
 def _manage(*args, **env):
     environment = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG")}
+    # The production settings, as an operator runs manage.py (still without a .env: the suite
+    # sets GATEWAY_ENV_FILE to nothing, see ollama_gateway/settings_test.py).
+    environment["DJANGO_SETTINGS_MODULE"] = "ollama_gateway.settings"
     environment.update(env)
     return subprocess.run(
         [sys.executable, "manage.py", *args],
