@@ -8,6 +8,12 @@ from drf_spectacular.views import (
 
 from ollama_gateway import views
 
+admin.site.site_header = "ollama-gateway administration"
+admin.site.site_title = "ollama-gateway admin"
+admin.site.index_title = "Keys, usage and Ollama servers"
+# "View site" would open the JSON service description.
+admin.site.site_url = None
+
 urlpatterns = [
     path("", views.ServiceInfoView.as_view(), name="service-info"),
     path("health", views.HealthView.as_view(), name="health"),

@@ -193,3 +193,15 @@ def test_reloading_the_created_page_makes_no_second_key(staff):
     assert token2 != token
     staff.post("/admin/keys/apikey/add/", {**data, "creation_token": token2})
     assert ApiKey.objects.filter(name="once").count() == 2
+
+
+def test_the_admin_is_titled_for_the_product_and_links_the_dashboard(staff):
+    page = staff.get("/admin/").content.decode()
+    assert "ollama-gateway administration" in page and "Django administration" not in page
+    assert 'href="/admin/usage/usagerecord/dashboard/" id="usage-dashboard-link"' in page
+
+
+def test_the_dashboard_link_needs_the_usage_view_permission(client, django_user_model):
+    clerk = _staff_with(client, django_user_model, "view_apikey")
+    page = clerk.get("/admin/").content.decode()
+    assert "usage-dashboard-link" not in page
