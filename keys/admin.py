@@ -128,7 +128,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.display(description="tokens / day", ordering="token_quota")
     def tokens_per_day(self, obj):
-        return "" if obj.token_quota is None else _compact(obj.token_quota)
+        return None if obj.token_quota is None else _compact(obj.token_quota)
 
     @admin.display(description="last used", ordering="last_used_at")
     def last_used(self, obj):
@@ -207,9 +207,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
 
 
-def _when(moment) -> str:
+def _when(moment) -> str | None:
     """A short local time: the admin's long dates make the list wider than a laptop."""
-    return "" if moment is None else f"{timezone.localtime(moment):%Y-%m-%d %H:%M}"
+    return None if moment is None else f"{timezone.localtime(moment):%Y-%m-%d %H:%M}"
 
 
 def _compact(number: int) -> str:
