@@ -285,7 +285,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "text": {"()": "ollama_gateway.logs.TextFormatter"},
         "json": {"()": "ollama_gateway.logs.JsonFormatter"},
     },
     "handlers": {
