@@ -1,7 +1,8 @@
 """The usage dashboard in the admin: one period's statistics, charted as inline SVG.
 
-Every number comes from `usage_stats` (the hourly rollups), never from the raw records, so the
-page costs the same on a quiet day and on a table of tens of millions of requests. The charts
+Every number of the period comes from `usage_stats` (the rollups), never from the raw records,
+so the page costs the same on a quiet day and on a table of tens of millions of requests; the
+servers table reads the workers' shared Prometheus counters (`backend_rows`). The charts
 are drawn server side (usage/charts.py), so that the page needs no JavaScript and no internet.
 """
 
@@ -13,9 +14,12 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 
-from proxy.backends import backend_pool
+from keys.models import normalize_model
+from proxy.backends import backend_pool, known_models
+from usage import metrics
 from usage.charts import WIDE, BarChart, bar_chart, number
 from usage.export import usage_csv_response
+from usage.models import OUTCOME_LABELS
 from usage.serializers import StatsQuerySerializer
 from usage.stats import usage_stats
 
@@ -25,13 +29,20 @@ QUICK_PERIODS = {
     "30d": ("Last 30 days", timedelta(days=30)),
 }
 DEFAULT_PERIOD = "24h"
-# Outcomes grouped as the charts stack them; "errors" is the same sum as `summarize` reports.
+# Which outcomes the page counts as client errors (the caller's request was refused) and as
+# server errors (Ollama failed or timed out: the same sum as the statistics' `errors`).
+CLIENT_ERRORS = ("bad_request", "denied")
+SERVER_ERRORS = ("upstream_error", "timeout")
+# Outcomes grouped as the charts stack them.
 OUTCOME_GROUPS = (
     ("ok", "#3f8f55", ("ok",)),
-    ("errors", "#ba2121", ("upstream_error", "timeout")),
+    ("client errors (4xx)", "#8e5bb5", CLIENT_ERRORS),
+    ("server errors (5xx)", "#ba2121", SERVER_ERRORS),
     ("rate-limited", "#e39b1b", ("rate_limited",)),
-    ("other", "#9aa0a6", ("denied", "bad_request", "client_closed")),
+    ("client hung up", "#9aa0a6", ("client_closed",)),
 )
+# The row that gathers model names no server lists and no request succeeded with.
+OTHER_MODELS = "other"
 TOKEN_SERIES = (
     ("tokens in", "#417690", "prompt_tokens"),
     ("tokens out", "#79aec8", "completion_tokens"),
@@ -72,6 +83,8 @@ def dashboard_view(request, model_admin):
     stats = usage_stats(
         start=period["start"], end=period["end"], granularity=period["granularity"], per_key=True
     )
+    stats["by_model"] = [_with_error_kinds(row) for row in collapse_models(stats["by_model"])]
+    stats["by_key"] = [_with_error_kinds(row) for row in stats["by_key"]]
     # The CSV covers exactly the counted period: `usage_stats` starts on a whole hour.
     csv_query = urlencode({"from": stats["from"].isoformat(), "to": stats["to"].isoformat()})
     context = {
@@ -85,8 +98,11 @@ def dashboard_view(request, model_admin):
         "charts": dashboard_charts(stats) if stats["totals"]["requests"] else [],
         "csv_url": f"{reverse('admin:usage_usagerecord_dashboard_csv')}?{csv_query}",
         "timezone": timezone.get_current_timezone_name(),
-        # As this process sees them: health and in-flight counts are per gateway process.
-        "backends": [state.summary() for state in backend_pool().states],
+        "outcomes": [
+            (OUTCOME_LABELS.get(outcome, outcome), count)
+            for outcome, count in stats["totals"]["outcomes"].items()
+        ],
+        "backends": backend_rows(),
     }
     return TemplateResponse(request, "admin/usage/usagerecord/dashboard.html", context)
 
@@ -103,15 +119,88 @@ def dashboard_csv_view(request, model_admin):
 # --- What the page shows -----------------------------------------------------------------------
 
 
+def backend_rows() -> list[dict]:
+    """The Ollama servers: counts summed over every worker of this gateway instance since it
+    started (the workers' shared Prometheus files: a few file reads, no scan of the records,
+    whose `backend` column has no index, and the rollups do not split by server); state and
+    loaded models as the process drawing the page sees them."""
+    totals = metrics.backend_totals()
+    rows = []
+    for state in backend_pool().states:
+        counts = totals.get(state.name, {"requests": 0, "failures": 0, "in_flight": 0})
+        requests = counts["requests"]
+        rows.append(
+            {
+                **state.summary(),
+                **counts,
+                "error_rate": 100 * counts["failures"] / requests if requests else 0.0,
+            }
+        )
+    return rows
+
+
+def collapse_models(rows: list[dict]) -> list[dict]:
+    """Model names that never worked (no success, no server error: typos, probes, names no
+    server lists) gathered in one row, last: 20 misspellings do not make 20 rows."""
+    catalog = known_models()
+    kept, unknown = [], []
+    for row in rows:
+        outcomes = row["outcomes"]
+        worked = outcomes["ok"] or any(outcomes[o] for o in SERVER_ERRORS)
+        known = not row["model"] or worked or normalize_model(row["model"]) in catalog
+        (kept if known else unknown).append(row)
+    if unknown:
+        kept.append(_merged(OTHER_MODELS, unknown))
+    return kept
+
+
+def _merged(model: str, rows: list[dict]) -> dict:
+    """Rows summed; percentiles cannot be, so the merged row has none."""
+    requests = sum(row["requests"] for row in rows)
+    latency_sum = sum((row["latency_ms"]["avg"] or 0) * row["requests"] for row in rows)
+    summed = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
+    return {
+        "model": model,
+        **{column: sum(row[column] for row in rows) for column in summed},
+        "rate_limited": sum(row["rate_limited"] for row in rows),
+        "outcomes": {o: sum(row["outcomes"][o] for row in rows) for o in rows[0]["outcomes"]},
+        "latency_ms": {
+            "avg": round(latency_sum / requests, 1) if requests else None,
+            "p50": None,
+            "p95": None,
+        },
+        "ttft_ms_avg": None,
+    }
+
+
+def _with_error_kinds(row: dict) -> dict:
+    outcomes = row["outcomes"]
+    return {
+        **row,
+        "client_errors": sum(outcomes.get(o, 0) for o in CLIENT_ERRORS),
+        "server_errors": sum(outcomes.get(o, 0) for o in SERVER_ERRORS),
+    }
+
+
 def total_cards(totals: dict) -> list[list[tuple[str, str, str]]]:
     """The headline numbers as rows of (id, label, formatted value): counts, then latencies."""
     latency = totals["latency_ms"]
+    outcomes = totals["outcomes"]
     return [
         [
             ("requests", "Requests", number(totals["requests"])),
             ("prompt-tokens", "Tokens in", number(totals["prompt_tokens"])),
             ("completion-tokens", "Tokens out", number(totals["completion_tokens"])),
-            ("errors", "Errors", number(totals["errors"])),
+            (
+                "client-errors",
+                "Client errors (4xx)",
+                number(sum(outcomes[o] for o in CLIENT_ERRORS)),
+            ),
+            (
+                "server-errors",
+                "Server errors (5xx)",
+                number(sum(outcomes[o] for o in SERVER_ERRORS)),
+            ),
             ("rate-limited", "Rate-limited", number(totals["rate_limited"])),
         ],
         [

@@ -116,9 +116,35 @@ def observe(record) -> None:
         BACKEND_REQUESTS.labels(record.backend, record.outcome).inc()
 
 
-def render() -> tuple[bytes, str]:
+def _registry():
+    """Every worker's metrics under gunicorn (summed from their files), else this process's."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return registry
+    return REGISTRY
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
+
+
+def backend_totals() -> dict[str, dict]:
+    """Per Ollama server, summed over every worker of this gateway since it started: requests,
+    failed ones (upstream errors and timeouts), and requests in flight now."""
+    totals: dict[str, dict] = {}
+    for family in _registry().collect():
+        if family.name not in ("gateway_backend_requests", "gateway_backend_in_flight"):
+            continue
+        for sample in family.samples:
+            backend = sample.labels.get("backend")
+            if not backend or sample.name.endswith("_created"):
+                continue
+            row = totals.setdefault(backend, {"requests": 0, "failures": 0, "in_flight": 0})
+            if family.name == "gateway_backend_in_flight":
+                row["in_flight"] += int(sample.value)
+                continue
+            row["requests"] += int(sample.value)
+            if sample.labels.get("outcome") in ("upstream_error", "timeout"):
+                row["failures"] += int(sample.value)
+    return totals
