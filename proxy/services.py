@@ -1,7 +1,11 @@
+import logging
+
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 from proxy.backends import settings_backends
 from proxy.models import Backend, validate_backend_url
+
+audit = logging.getLogger("proxy.backends.audit")
 
 
 def backends_bootstrap() -> None:
@@ -20,6 +24,8 @@ def backends_bootstrap() -> None:
     for config in configs:
         # The credential stays in the environment: the row names its variable.
         credential_env = "OLLAMA_API_KEY" if config.credential else ""
-        Backend.objects.get_or_create(
+        _, created = Backend.objects.get_or_create(
             url=config.url, defaults={"name": config.name, "credential_env": credential_env}
         )
+        if created:
+            audit.warning("backend created: %s from OLLAMA_BASE_URL (%s)", config.name, config.url)
