@@ -133,7 +133,7 @@ def apply_server_policy(
     is never modified). `policy` defaults to the settings.
     """
     result = carry_sampling_fields(payload) if route in MIGRATION_ROUTES else payload
-    if is_admin:
+    if is_admin or not any(key.casefold() in SERVER_FIELDS for key in result):
         return result
     return limit_server_fields(result, policy or ServerPolicy.from_settings())
 
