@@ -1,8 +1,8 @@
 """What a request body may ask of the shared Ollama server, and a migration aid.
 
-Pure functions on a parsed JSON body (no I/O, no Django but for reading the settings once per
-call): `proxy.views` calls `apply_server_policy` once per request and re-serializes the body only
-when it got a different object back.
+Pure functions on a parsed JSON body (no I/O; Django only to read the settings, and only for a
+user key's body that names a server-wide field): `proxy.views` calls `apply_server_policy` once
+per request and re-serializes the body only when it got a different object back.
 
 Some request fields act on the whole server, not on one answer: `keep_alive` (0 unloads the model
 for everyone, a negative value pins it in memory forever), the runner options below (a value that
@@ -129,8 +129,9 @@ def apply_server_policy(
 ) -> dict:
     """The body to send Ollama for `payload` on `route` (the upstream path).
 
-    Returns `payload` itself when there is nothing to change, a new dict otherwise (`payload`
-    is never modified). `policy` defaults to the settings.
+    Returns `payload` itself when there is nothing to change; a new dict when sampling settings
+    were carried or a user key's body names a server-wide field (`payload` is never modified).
+    `policy` defaults to the settings.
     """
     result = carry_sampling_fields(payload) if route in MIGRATION_ROUTES else payload
     if is_admin or not any(key.casefold() in SERVER_FIELDS for key in result):
