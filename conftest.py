@@ -266,6 +266,8 @@ class Chromium:
         os.close(from_browser)
         self._buffer = b""
         self._next_id = 0
+        # Protocol events (Network.requestWillBeSent...), in order, once a domain is enabled.
+        self.events: list[dict] = []
         # posix_spawn places the pipe ends on fds 3 and 4 in the browser; unlike Popen's
         # preexec_fn, it is safe while the live server's threads run.
         self.pid = os.posix_spawn(
@@ -290,7 +292,7 @@ class Chromium:
         self.session = attached["sessionId"]
 
     def call(self, method: str, *, session: str | None = None, **params) -> dict:
-        """Send one command and wait for its answer (events in between are dropped)."""
+        """Send one command and wait for its answer (events in between go to `events`)."""
         self._next_id += 1
         message = {"id": self._next_id, "method": method, "params": params}
         if session:
@@ -306,7 +308,9 @@ class Chromium:
                 self._buffer += chunk
             raw, self._buffer = self._buffer.split(b"\0", 1)
             answer = json.loads(raw)
-            if answer.get("id") == self._next_id:
+            if "method" in answer:
+                self.events.append(answer)
+            elif answer.get("id") == self._next_id:
                 if "error" in answer:
                     raise RuntimeError(f"{method}: {answer['error']}")
                 return answer["result"]

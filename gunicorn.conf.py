@@ -9,6 +9,17 @@ import os
 import shutil
 import tempfile
 
+import environ
+
+# .env configures the server (HOST, PORT, GUNICORN_*) as it does the gateway: read here, before
+# anything below looks at os.environ. The real environment wins; GATEWAY_ENV_FILE names another
+# file, or none when empty (the same rule as ollama_gateway/settings.py).
+_env_file = os.environ.get(
+    "GATEWAY_ENV_FILE", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".env")
+)
+if _env_file and (os.path.isfile(_env_file) or "GATEWAY_ENV_FILE" in os.environ):
+    environ.Env.read_env(_env_file, overwrite=False)
+
 # Workers share Prometheus metrics through files here (prometheus-client's multiprocess mode).
 # Set before any worker imports prometheus_client; emptied at every start.
 os.environ.setdefault(

@@ -7,6 +7,7 @@ and keeps authentication to a single indexed lookup on every proxied request.
 """
 
 import hashlib
+import re
 import secrets
 
 KEY_PREFIX = "ollama-"
@@ -31,3 +32,19 @@ def key_preview(raw_key: str) -> str:
 def looks_like_key(raw_key: str) -> bool:
     """Cheap shape check, so that garbage never costs a database query."""
     return raw_key.startswith(KEY_PREFIX) and len(raw_key) <= 256
+
+
+# Anything in a text that could be a whole key: the prefix and more characters than a preview.
+_RAW_KEY = re.compile(
+    re.escape(KEY_PREFIX) + rf"([A-Za-z0-9_-]{{{PREVIEW_LENGTH - len(KEY_PREFIX)}}})[A-Za-z0-9_-]+"
+)
+
+
+def is_raw_key(value: str) -> bool:
+    """Whether `value` is a whole key (longer than a preview), not a preview."""
+    return looks_like_key(value) and len(value) > PREVIEW_LENGTH
+
+
+def redact_keys(text: str) -> str:
+    """`text` with every raw key in it cut to its preview and an ellipsis: safe to store or log."""
+    return _RAW_KEY.sub(lambda m: f"{KEY_PREFIX}{m.group(1)}…", text)

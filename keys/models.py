@@ -32,6 +32,8 @@ class ApiKey(models.Model):
     class Meta:
         verbose_name = "API key"
         ordering = ["-created_at"]
+        # "add API key" alone mints user keys; admin keys can manage every key and model.
+        permissions = [("manage_admin_keys", "Can create admin API keys")]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(rate_limit__gt=0), name="apikey_rate_limit_gt_0"

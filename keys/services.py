@@ -107,9 +107,15 @@ def api_key_create(
     raise RuntimeError("could not generate a unique API key")
 
 
-def api_key_revoke(*, preview: str) -> ApiKey:
-    """Revoke for good; raises ApiKey.DoesNotExist. Revoking twice is harmless."""
-    key = ApiKey.objects.get(preview=preview)
+def api_key_revoke(*, preview: str = "", raw_key: str = "") -> ApiKey:
+    """Revoke for good the key with this preview, or this whole key (found by its digest).
+
+    Raises ApiKey.DoesNotExist. Revoking twice is harmless.
+    """
+    if raw_key:
+        key = ApiKey.objects.get(key_hash=crypto.hash_key(raw_key))
+    else:
+        key = ApiKey.objects.get(preview=preview)
     if key.is_active:
         key.is_active = False
         key.revoked_at = timezone.now()

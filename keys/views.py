@@ -3,6 +3,7 @@ from rest_framework import status
 from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
+from keys import crypto
 from keys.models import ApiKey
 from keys.serializers import ApiKeyCreatedSerializer, ApiKeyCreateSerializer, ApiKeySerializer
 from keys.services import api_key_create, api_key_revoke
@@ -34,10 +35,20 @@ class ApiKeyListCreateView(GatewayAPIView):
 
 
 class ApiKeyRevokeView(GatewayAPIView):
-    @extend_schema(responses={204: None}, summary="Revoke an API key, for good")
+    @extend_schema(
+        responses={204: None},
+        summary="Revoke an API key, for good",
+        description=(
+            "Takes the key's preview (its first 15 characters). A whole key given instead is "
+            "revoked too (found by its digest): whoever holds it may end it. It is never echoed, "
+            "logged or recorded: records and logs carry its preview only."
+        ),
+    )
     def delete(self, request, preview):
+        raw_key = preview if crypto.is_raw_key(preview) else ""
         try:
-            api_key_revoke(preview=preview)
+            api_key_revoke(preview=preview, raw_key=raw_key)
         except ApiKey.DoesNotExist:
-            raise NotFound(f"No API key with preview {preview!r}.") from None
+            shown = crypto.redact_keys(preview)
+            raise NotFound(f"No API key with preview {shown!r}.") from None
         return Response(status=status.HTTP_204_NO_CONTENT)

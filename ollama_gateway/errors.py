@@ -10,6 +10,8 @@ A view declares its surface with an `error_surface` attribute.
 
 import logging
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError
 from django.http import JsonResponse
@@ -93,6 +95,10 @@ def exception_handler(exc, context):
     response = drf_exception_handler(exc, context)
     view = context.get("view")
     surface = getattr(view, "error_surface", DRF)
+    if isinstance(exc, RequestDataTooBig):
+        # Django refuses to read a body announced larger than DATA_UPLOAD_MAX_MEMORY_SIZE.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return error_response(surface, 413, f"The request body is larger than {limit} bytes.")
     if isinstance(exc, (OperationalError, InterfaceError)):
         # Keys and limits cannot be checked: fail closed, quickly, and say why.
         request = context.get("request")

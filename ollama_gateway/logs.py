@@ -1,7 +1,9 @@
-"""Log formatting: `LOG_FORMAT=json` gives one JSON object per line for log collectors."""
+"""Log formatting: one line per event. `LOG_FORMAT=text` (the default) for people, `json` for
+log collectors; both carry the fields passed through `extra=` (request id, key preview...)."""
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is worth keeping.
@@ -20,3 +22,31 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+# Values printed bare in text lines; anything else is quoted as a JSON string, so that a value
+# holding spaces or a line break (a model name is the client's text) cannot forge a field or a line.
+_BARE = re.compile(r"[\w.:/@+-]+")
+
+
+class TextFormatter(logging.Formatter):
+    """`time level logger message`, then ` name=value` for each field passed through `extra=`
+    (None and "" left out): a request's line carries its request id, key preview, client address,
+    model and tokens as well as the method, path, status, outcome and latency of its message."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # before any traceback
+        line = super().formatMessage(record)
+        fields = [
+            f"{name}={_text_value(value)}"
+            for name, value in vars(record).items()
+            if name not in _STANDARD_ATTRS and value not in (None, "")
+        ]
+        return " ".join([line, *fields]) if fields else line
+
+
+def _text_value(value) -> str:
+    text = str(value)
+    return text if _BARE.fullmatch(text) else json.dumps(text)

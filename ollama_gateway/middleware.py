@@ -8,6 +8,7 @@ import uuid
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 
+from keys.crypto import redact_keys
 from ollama_gateway import runtime
 from usage.services import Exchange, ausage_record, usage_record
 
@@ -103,7 +104,7 @@ class GatewayMiddleware:
         if path.startswith(_RECORDED_PREFIXES) and not path.startswith(_UNRECORDED):
             request.exchange = Exchange(
                 method=request.method,
-                route=path[:64],
+                route=redact_keys(path)[:64],  # a key given in a path is never stored
                 request_id=request.request_id,
                 client_addr=request.client_addr,
             )

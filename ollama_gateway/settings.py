@@ -5,6 +5,7 @@ documented in `.env.example`. Library code reads `django.conf.settings` at call 
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -13,8 +14,14 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-if (BASE_DIR / ".env").is_file():
-    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# Values come from the environment, then from the .env file beside manage.py (gunicorn.conf.py
+# reads the same file). GATEWAY_ENV_FILE names another file, or none when empty (the test suite:
+# ollama_gateway/settings_test.py).
+ENV_FILE = os.environ.get("GATEWAY_ENV_FILE", str(BASE_DIR / ".env"))
+if ENV_FILE and Path(ENV_FILE).is_file():
+    environ.Env.read_env(ENV_FILE, overwrite=False)
+elif ENV_FILE and "GATEWAY_ENV_FILE" in os.environ:
+    raise ImproperlyConfigured(f"GATEWAY_ENV_FILE names {ENV_FILE}, which is not a file.")
 
 VERSION = "0.1.0"
 
@@ -48,6 +55,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "keys",
     "usage",
     "proxy",
@@ -55,6 +63,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # The admin, its dashboard and the docs only (ollama_gateway/csp.py).
+    "ollama_gateway.csp.ContentSecurityPolicyMiddleware",
     "ollama_gateway.middleware.GatewayMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -63,6 +73,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Turns an admin login refused for too many failures into a 429 page (see AXES_* below).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "ollama_gateway.urls"
@@ -130,6 +142,25 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Admin logins go through django-axes first: it refuses a user name from an address after
+# repeated failures. API keys never reach Django's authenticate() (keys/authentication.py).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failed admin logins for one user name from one address before that pair is locked out...
+AXES_FAILURE_LIMIT = env.int("ADMIN_LOGIN_FAILURE_LIMIT", default=5)
+# ...for this many minutes (each further failure during the lockout restarts it).
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("ADMIN_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["ip_address", "username"]]
+AXES_RESET_ON_SUCCESS = True
+# The same client address as records and limits: X-Forwarded-For only from TRUSTED_PROXIES.
+AXES_CLIENT_IP_CALLABLE = "ollama_gateway.middleware.client_address"
+AXES_HTTP_RESPONSE_CODE = 429
+# Failures and lockouts are logged with the user name and address (axes masks both by default;
+# an operator needs them to act). Passwords are always masked.
+AXES_SENSITIVE_PARAMETERS: list[str] = []
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -143,7 +174,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "var" / "static")))
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default="") or BASE_DIR / "var" / "static")
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -160,6 +191,9 @@ CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+# Sent with the admin, the dashboard and /docs, /redoc (never the model routes); the default is
+# in ollama_gateway/csp.py. Only to loosen it for a customised page.
+CONTENT_SECURITY_POLICY = env.str("CONTENT_SECURITY_POLICY", default="")
 SILENCED_SYSTEM_CHECKS = env.list(
     "SILENCED_SYSTEM_CHECKS",
     # TLS is terminated by the reverse proxy in front of the gateway (see docs): HSTS and the
@@ -173,6 +207,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["keys.permissions.IsAdminKey"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["ollama_gateway.parsers.SafeJSONParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "ollama_gateway.parsers.StrictContentNegotiation",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_CLASSES": ["usage.limits.KeyRateThrottle"],
     "EXCEPTION_HANDLER": "ollama_gateway.errors.exception_handler",
@@ -206,6 +241,9 @@ BACKEND_CHECK_INTERVAL = env.float("BACKEND_CHECK_INTERVAL", default=10.0)
 BACKEND_COOLDOWN = env.float("BACKEND_COOLDOWN", default=15.0)
 # Seconds a process keeps the backend configuration before re-reading the table.
 BACKEND_CONFIG_INTERVAL = env.float("BACKEND_CONFIG_INTERVAL", default=10.0)
+# Servers at link-local or cloud-metadata addresses (169.254.0.0/16, fe80::/10, 100.100.100.200,
+# metadata.google.internal...) are refused unless this is true: the pool gets every prompt.
+BACKEND_ALLOW_LINK_LOCAL = env.bool("BACKEND_ALLOW_LINK_LOCAL", default=False)
 # The gateway's own credential for an upstream that requires one; the client's never goes upstream.
 OLLAMA_API_KEY = env.str("OLLAMA_API_KEY", default="")
 OLLAMA_CONNECT_TIMEOUT = env.float("OLLAMA_CONNECT_TIMEOUT", default=5.0)
@@ -233,6 +271,15 @@ DEFAULT_RATE_LIMIT_ADMIN = env.int("DEFAULT_RATE_LIMIT_ADMIN", default=1000)
 # `last_used_at` is written at most this often per key, so that requests do not each pay a write.
 API_KEY_LAST_USED_RESOLUTION = env.int("API_KEY_LAST_USED_RESOLUTION", default=60)
 
+# What user keys may ask of the shared Ollama server (proxy/policy.py); admin keys are not bound.
+# keep_alive is clamped to [MIN, MAX] seconds (MAX negative: no upper bound).
+USER_KEEP_ALIVE_MIN = env.float("USER_KEEP_ALIVE_MIN", default=300.0)
+USER_KEEP_ALIVE_MAX = env.float("USER_KEEP_ALIVE_MAX", default=1800.0)
+# options.num_ctx above this is lowered to it; 0: user keys cannot set it.
+USER_MAX_NUM_CTX = env.int("USER_MAX_NUM_CTX", default=0)
+# Server-wide fields user keys may set anyway, unchanged (keep_alive, shift, num_ctx, num_gpu...).
+USER_SERVER_OPTIONS = env.list("USER_SERVER_OPTIONS", default=[])
+
 # Failed authentications per client address and minute before the gateway answers 429.
 AUTH_FAILURES_PER_MINUTE = env.int("AUTH_FAILURES_PER_MINUTE", default=20)
 # Reverse proxies whose X-Forwarded-For names the real client (for limits, records and logs).
@@ -251,7 +298,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "text": {"()": "ollama_gateway.logs.TextFormatter"},
         "json": {"()": "ollama_gateway.logs.JsonFormatter"},
     },
     "handlers": {
@@ -266,5 +313,7 @@ LOGGING = {
         # Requests are logged by the gateway itself, one line each, with their request id.
         "django.server": {"level": "WARNING"},
         "django.request": {"level": "ERROR"},
+        # Admin login failures and lockouts (django-axes) are warnings; its chatter is not.
+        "axes": {"level": "WARNING"},
     },
 }

@@ -337,6 +337,16 @@ async def abackend_pool() -> BackendPool:
     return await asyncio.to_thread(backend_pool)
 
 
+def known_models() -> frozenset:
+    """Every model some server of this process's pool lists (normalized), as last checked;
+    empty before any check (a single server is checked only on demand). Never loads the pool
+    or calls a server: metrics and the dashboard ask it after the answer went out."""
+    pool = _pool
+    if pool is None:
+        return frozenset()
+    return frozenset().union(*(state.models for state in pool.states))
+
+
 def reset_backend_pool() -> None:
     """Forget the pool: the next request re-reads the configuration."""
     global _pool

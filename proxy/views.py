@@ -31,6 +31,7 @@ from ollama_gateway.errors import (
 )
 from proxy import upstream
 from proxy.backends import Lease, abackend_pool
+from proxy.policy import apply_server_policy
 from proxy.streaming import StreamRelay, usage_from_body
 from usage.limits import KeyRateThrottle
 
@@ -277,15 +278,19 @@ class ProxyView(ModelView):
             request.exchange.model = model
             if not request.user.allows_model(model):
                 raise BadRequest(404, not_found_message(self.error_surface, model))
-        if self.error_surface == OPENAI and payload.get("stream") is True:
-            options = payload.get("stream_options")
+        # Server-wide fields from user keys, and the migration aid: see proxy/policy.py.
+        sent = apply_server_policy(
+            payload, is_admin=request.user.is_admin, route=self.upstream_path
+        )
+        if self.error_surface == OPENAI and sent.get("stream") is True:
+            options = sent.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
                 # Token accounting (and quotas) need the usage event: ask for it, and keep it
                 # from a client that did not (StreamRelay drops it).
                 request.drop_usage_event = True
-                payload["stream_options"] = {**(options or {}), "include_usage": True}
-                return json.dumps(payload).encode()
-        return body
+                sent = {**sent, "stream_options": {**(options or {}), "include_usage": True}}
+        # Re-serialized only when something changed: otherwise Ollama gets the client's bytes.
+        return body if sent is payload else json.dumps(sent).encode()
 
     async def stream(self, request, reply, lease):
         """Relay chunk by chunk; the usage record is written when the stream ends."""

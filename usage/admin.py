@@ -1,4 +1,5 @@
 from functools import cached_property
+from http import HTTPStatus
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
@@ -8,7 +9,7 @@ from django.urls import path
 
 from proxy.models import Backend
 from usage import dashboard
-from usage.models import UsageRecord, UsageRollup
+from usage.models import OUTCOME_LABELS, UsageRecord, UsageRollup
 
 
 class CheapCountPaginator(Paginator):
@@ -63,6 +64,19 @@ class ModelFilter(admin.SimpleListFilter):
         return queryset.filter(model=self.value())
 
 
+class OutcomeFilter(admin.SimpleListFilter):
+    title = "outcome"
+    parameter_name = "outcome"
+
+    def lookups(self, request, model_admin):
+        return list(OUTCOME_LABELS.items())
+
+    def queryset(self, request, queryset):
+        if self.value() is None:
+            return queryset
+        return queryset.filter(outcome=self.value())
+
+
 class BackendFilter(admin.SimpleListFilter):
     """Choices from the Backend table (a few rows), never a DISTINCT over the records."""
 
@@ -84,24 +98,26 @@ class UsageRecordAdmin(admin.ModelAdmin):
     listing is an index range (`usage_started`, or `usage_key_started` for one key), filters
     list small tables, and nothing counts the whole table."""
 
+    # What happened first (status, outcome, latency), then who asked for what.
     list_display = [
+        "status_text",
+        "outcome_text",
+        "latency",
         "started_at",
         "key",
         "method",
         "route",
         "model",
         "backend",
-        "status",
-        "outcome",
-        "latency_ms",
-        "ttft_ms",
+        "ttft",
         "prompt_tokens",
         "completion_tokens",
         "request_id",
     ]
+    list_display_links = ["status_text"]
     # A date filter, not `date_hierarchy`: its year links run SELECT DISTINCT over the table.
     # The key filter lists the API keys (RelatedFieldListFilter), not the records' distinct keys.
-    list_filter = ["outcome", "started_at", "key", ModelFilter, BackendFilter]
+    list_filter = [OutcomeFilter, "started_at", "key", ModelFilter, BackendFilter]
     list_select_related = ["key"]
     # Exact match: a request id is looked up whole, never as a substring scan.
     search_fields = ["request_id__exact"]
@@ -113,6 +129,25 @@ class UsageRecordAdmin(admin.ModelAdmin):
     # Facet counts would aggregate the whole table for every filter choice.
     show_facets = admin.ShowFacets.NEVER
     paginator = CheapCountPaginator
+
+    @admin.display(description="status")
+    def status_text(self, obj):
+        try:
+            return f"{obj.status} {HTTPStatus(obj.status).phrase}"
+        except ValueError:
+            return str(obj.status)
+
+    @admin.display(description="outcome")
+    def outcome_text(self, obj):
+        return OUTCOME_LABELS.get(obj.outcome, obj.outcome)
+
+    @admin.display(description="latency")
+    def latency(self, obj):
+        return f"{obj.latency_ms:,.0f} ms"
+
+    @admin.display(description="first token")
+    def ttft(self, obj):
+        return None if obj.ttft_ms is None else f"{obj.ttft_ms:,.0f} ms"
 
     def get_urls(self):
         return [

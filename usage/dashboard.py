@@ -1,12 +1,11 @@
 """The usage dashboard in the admin: one period's statistics, charted as inline SVG.
 
-Every number comes from `usage_stats` (the hourly rollups), never from the raw records, so the
-page costs the same on a quiet day and on a table of tens of millions of requests. The charts
-are drawn here, server side, so that the page needs no JavaScript and no internet access.
+Every number of the period comes from `usage_stats` (the rollups), never from the raw records,
+so the page costs the same on a quiet day and on a table of tens of millions of requests; the
+servers table reads the workers' shared Prometheus counters (`backend_rows`). The charts
+are drawn server side (usage/charts.py), so that the page needs no JavaScript and no internet.
 """
 
-import math
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
@@ -15,10 +14,14 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 
-from proxy.backends import backend_pool
+from keys.models import normalize_model
+from proxy.backends import backend_pool, known_models
+from usage import metrics
+from usage.charts import WIDE, BarChart, bar_chart, number
+from usage.export import usage_csv_response
+from usage.models import OUTCOME_LABELS
 from usage.serializers import StatsQuerySerializer
 from usage.stats import usage_stats
-from usage.views import usage_csv_response
 
 QUICK_PERIODS = {
     "24h": ("Last 24 hours", timedelta(hours=24)),
@@ -26,13 +29,20 @@ QUICK_PERIODS = {
     "30d": ("Last 30 days", timedelta(days=30)),
 }
 DEFAULT_PERIOD = "24h"
-# Outcomes grouped as the charts stack them; "errors" is the same sum as `summarize` reports.
+# Which outcomes the page counts as client errors (the caller's request was refused) and as
+# server errors (Ollama failed or timed out: the same sum as the statistics' `errors`).
+CLIENT_ERRORS = ("bad_request", "denied")
+SERVER_ERRORS = ("upstream_error", "timeout")
+# Outcomes grouped as the charts stack them.
 OUTCOME_GROUPS = (
     ("ok", "#3f8f55", ("ok",)),
-    ("errors", "#ba2121", ("upstream_error", "timeout")),
+    ("client errors (4xx)", "#8e5bb5", CLIENT_ERRORS),
+    ("server errors (5xx)", "#ba2121", SERVER_ERRORS),
     ("rate-limited", "#e39b1b", ("rate_limited",)),
-    ("other", "#9aa0a6", ("denied", "bad_request", "client_closed")),
+    ("client hung up", "#9aa0a6", ("client_closed",)),
 )
+# The row that gathers model names no server lists and no request succeeded with.
+OTHER_MODELS = "other"
 TOKEN_SERIES = (
     ("tokens in", "#417690", "prompt_tokens"),
     ("tokens out", "#79aec8", "completion_tokens"),
@@ -73,6 +83,8 @@ def dashboard_view(request, model_admin):
     stats = usage_stats(
         start=period["start"], end=period["end"], granularity=period["granularity"], per_key=True
     )
+    stats["by_model"] = [_with_error_kinds(row) for row in collapse_models(stats["by_model"])]
+    stats["by_key"] = [_with_error_kinds(row) for row in stats["by_key"]]
     # The CSV covers exactly the counted period: `usage_stats` starts on a whole hour.
     csv_query = urlencode({"from": stats["from"].isoformat(), "to": stats["to"].isoformat()})
     context = {
@@ -86,8 +98,11 @@ def dashboard_view(request, model_admin):
         "charts": dashboard_charts(stats) if stats["totals"]["requests"] else [],
         "csv_url": f"{reverse('admin:usage_usagerecord_dashboard_csv')}?{csv_query}",
         "timezone": timezone.get_current_timezone_name(),
-        # As this process sees them: health and in-flight counts are per gateway process.
-        "backends": [state.summary() for state in backend_pool().states],
+        "outcomes": [
+            (OUTCOME_LABELS.get(outcome, outcome), count)
+            for outcome, count in stats["totals"]["outcomes"].items()
+        ],
+        "backends": backend_rows(),
     }
     return TemplateResponse(request, "admin/usage/usagerecord/dashboard.html", context)
 
@@ -104,16 +119,89 @@ def dashboard_csv_view(request, model_admin):
 # --- What the page shows -----------------------------------------------------------------------
 
 
+def backend_rows() -> list[dict]:
+    """The Ollama servers: counts summed over every worker of this gateway instance since it
+    started (the workers' shared Prometheus files: a few file reads, no scan of the records,
+    whose `backend` column has no index, and the rollups do not split by server); state and
+    loaded models as the process drawing the page sees them."""
+    totals = metrics.backend_totals()
+    rows = []
+    for state in backend_pool().states:
+        counts = totals.get(state.name, {"requests": 0, "failures": 0, "in_flight": 0})
+        requests = counts["requests"]
+        rows.append(
+            {
+                **state.summary(),
+                **counts,
+                "error_rate": 100 * counts["failures"] / requests if requests else 0.0,
+            }
+        )
+    return rows
+
+
+def collapse_models(rows: list[dict]) -> list[dict]:
+    """Model names that never worked (no success, no server error: typos, probes, names no
+    server lists) gathered in one row, last: 20 misspellings do not make 20 rows."""
+    catalog = known_models()
+    kept, unknown = [], []
+    for row in rows:
+        outcomes = row["outcomes"]
+        worked = outcomes["ok"] or any(outcomes[o] for o in SERVER_ERRORS)
+        known = not row["model"] or worked or normalize_model(row["model"]) in catalog
+        (kept if known else unknown).append(row)
+    if unknown:
+        kept.append(_merged(OTHER_MODELS, unknown))
+    return kept
+
+
+def _merged(model: str, rows: list[dict]) -> dict:
+    """Rows summed; percentiles cannot be, so the merged row has none."""
+    requests = sum(row["requests"] for row in rows)
+    latency_sum = sum((row["latency_ms"]["avg"] or 0) * row["requests"] for row in rows)
+    summed = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "errors")
+    return {
+        "model": model,
+        **{column: sum(row[column] for row in rows) for column in summed},
+        "rate_limited": sum(row["rate_limited"] for row in rows),
+        "outcomes": {o: sum(row["outcomes"][o] for row in rows) for o in rows[0]["outcomes"]},
+        "latency_ms": {
+            "avg": round(latency_sum / requests, 1) if requests else None,
+            "p50": None,
+            "p95": None,
+        },
+        "ttft_ms_avg": None,
+    }
+
+
+def _with_error_kinds(row: dict) -> dict:
+    outcomes = row["outcomes"]
+    return {
+        **row,
+        "client_errors": sum(outcomes.get(o, 0) for o in CLIENT_ERRORS),
+        "server_errors": sum(outcomes.get(o, 0) for o in SERVER_ERRORS),
+    }
+
+
 def total_cards(totals: dict) -> list[list[tuple[str, str, str]]]:
     """The headline numbers as rows of (id, label, formatted value): counts, then latencies."""
     latency = totals["latency_ms"]
+    outcomes = totals["outcomes"]
     return [
         [
-            ("requests", "Requests", _number(totals["requests"])),
-            ("prompt-tokens", "Tokens in", _number(totals["prompt_tokens"])),
-            ("completion-tokens", "Tokens out", _number(totals["completion_tokens"])),
-            ("errors", "Errors", _number(totals["errors"])),
-            ("rate-limited", "Rate-limited", _number(totals["rate_limited"])),
+            ("requests", "Requests", number(totals["requests"])),
+            ("prompt-tokens", "Tokens in", number(totals["prompt_tokens"])),
+            ("completion-tokens", "Tokens out", number(totals["completion_tokens"])),
+            (
+                "client-errors",
+                "Client errors (4xx)",
+                number(sum(outcomes[o] for o in CLIENT_ERRORS)),
+            ),
+            (
+                "server-errors",
+                "Server errors (5xx)",
+                number(sum(outcomes[o] for o in SERVER_ERRORS)),
+            ),
+            ("rate-limited", "Rate-limited", number(totals["rate_limited"])),
         ],
         [
             ("latency-avg", "Latency avg", _ms(latency["avg"])),
@@ -124,7 +212,7 @@ def total_cards(totals: dict) -> list[list[tuple[str, str, str]]]:
     ]
 
 
-def dashboard_charts(stats: dict) -> list["BarChart"]:
+def dashboard_charts(stats: dict) -> list[BarChart]:
     models = stats["by_model"][:TOP_CATEGORIES]
     by_tokens = sorted(stats["by_model"], key=lambda row: -row["total_tokens"])[:TOP_CATEGORIES]
     keys = stats["by_key"][:TOP_CATEGORIES]
@@ -197,145 +285,5 @@ def _time_buckets(stats: dict) -> list[datetime]:
     return buckets
 
 
-# --- The one chart: bars, vertical or horizontal, stacked or overlapping --------------------------
-
-WIDTH = 460  # one of two columns of the admin's content (1280px screen, sidebar open): scale ~1
-WIDE = 2 * WIDTH + 20  # across both columns
-TOP, RIGHT, BOTTOM = 12, 12, 22
-AXIS_WIDTH = 44  # tick labels, left of vertical bars
-LABEL_WIDTH = 136  # names, left of horizontal bars
-ROW = 24  # height of a horizontal bar's slot
-CHAR_WIDTH = 6.2  # of an 11px sans-serif character: labels are truncated to their room
-# Offset (dx, dy) and anchor of each kind of text from its point, by orientation.
-TEXT_PLACES = {
-    (False, "tick"): (-6, 4, "end"),
-    (False, "label"): (0, 16, "middle"),
-    (False, "value"): (0, -4, "middle"),
-    (True, "tick"): (0, 16, "middle"),
-    (True, "label"): (-6, 4, "end"),
-    (True, "value"): (4, 4, "start"),
-}
-
-
-@dataclass
-class BarChart:
-    """Shapes in SVG user units, for the template to draw."""
-
-    title: str
-    width: int
-    height: float
-    legend: list[tuple[str, str]]
-    rects: list[dict] = field(default_factory=list)  # x, y, width, height, color, tip
-    lines: list[dict] = field(default_factory=list)  # x1, y1, x2, y2
-    texts: list[dict] = field(default_factory=list)  # x, y, anchor, kind, text, tip
-
-    def text(self, horizontal: bool, kind: str, point: tuple, text: str, tip: str = ""):
-        dx, dy, anchor = TEXT_PLACES[horizontal, kind]
-        place = _rounded(x=point[0] + dx, y=point[1] + dy)
-        self.texts.append({**place, "anchor": anchor, "kind": kind, "text": text, "tip": tip})
-
-
-def bar_chart(
-    title: str,
-    labels: list[str],
-    series: list[tuple[str, str, list[float]]],
-    *,
-    horizontal: bool = False,
-    overlay: bool = False,
-    value_labels: bool = False,
-    tips: list[str] | None = None,
-    unit: str = "",
-    width: int = WIDTH,
-    height: int = 180,
-) -> BarChart:
-    """A bar per label: vertical (time along x) or horizontal (one name per row).
-
-    Each series (name, color, values) adds a segment to every bar. Segments stack, or with
-    `overlay` all start from zero, drawn in the order given (largest first). `height` is
-    that of vertical charts; horizontal ones grow with their rows. Geometry only.
-    """
-    tips = tips or labels
-    per_bar = [[values[i] or 0 for *_, values in series] for i in range(len(labels))]
-    tops = [max(values) if overlay else sum(values) for values in per_bar]
-    ticks = _ticks(max(tops, default=0))
-    if horizontal:
-        start, band = LABEL_WIDTH, ROW
-        height = TOP + ROW * len(labels) + BOTTOM
-        length = width - LABEL_WIDTH - RIGHT - 36  # room left for the value labels
-    else:
-        start, band = AXIS_WIDTH, (width - AXIS_WIDTH - RIGHT) / max(len(labels), 1)
-        length = height - TOP - BOTTOM
-    scale = length / ticks[-1]
-    span = band * len(labels)  # the category axis' length
-
-    def point(along: float, value: float) -> tuple[float, float]:
-        """Where a position along the category axis meets a value."""
-        if horizontal:
-            return start + value * scale, TOP + along
-        return start + along, TOP + length - value * scale
-
-    chart = BarChart(title, width, height, [(name, color) for name, color, _ in series])
-    for tick in ticks:
-        (x1, y1), (x2, y2) = point(0, tick), point(span, tick)
-        chart.lines.append(_rounded(x1=x1, y1=y1, x2=x2, y2=y2))
-        chart.text(horizontal, "tick", (x1, y2) if horizontal else (x1, y1), _compact(tick))
-    thickness = min(band * 0.72, 40)
-    every = 1 if horizontal else math.ceil(64 / band)  # one label per 64 units at most
-    room = LABEL_WIDTH - 10 if horizontal else band * every
-    for i, (label, values, top) in enumerate(zip(labels, per_bar, tops, strict=True)):
-        along = band * i + (band - thickness) / 2
-        low = 0
-        for (name, color, _), value in zip(series, values, strict=True):
-            if value:
-                (x1, y1), (x2, y2) = point(along, low), point(along + thickness, low + value)
-                box = _rounded(
-                    x=min(x1, x2), y=min(y1, y2), width=abs(x2 - x1), height=abs(y2 - y1)
-                )
-                chart.rects.append(
-                    {
-                        **box,
-                        "color": color,
-                        "tip": f"{tips[i]} · {name}: {_number(value)}{unit}",
-                    }
-                )
-                low = low if overlay else low + value
-        if i % every == 0:
-            chart.text(horizontal, "label", point(band * (i + 0.5), 0), _fit(label, room), tips[i])
-        if value_labels and top:
-            chart.text(horizontal, "value", point(band * (i + 0.5), top), _compact(top))
-    return chart
-
-
-def _rounded(**coordinates: float) -> dict[str, float]:
-    return {name: round(value, 1) for name, value in coordinates.items()}
-
-
-def _fit(label: str, room: float) -> str:
-    chars = max(int(room / CHAR_WIDTH), 4)
-    return label if len(label) <= chars else label[: chars - 1] + "…"
-
-
-def _ticks(highest: float, count: int = 4) -> list[float]:
-    """Round gridline values from 0 to at least `highest`, steps of 1, 2 or 5 x 10^n (>= 1)."""
-    if highest <= 0:
-        return [0, 1]
-    raw = highest / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = max(next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw), 1)
-    return [i * step for i in range(math.ceil(highest / step) + 1)]
-
-
-def _compact(value: float) -> str:
-    """Short numbers for axes and bar ends: 0.5, 242.5, 1,714, 12.3k, 150k, 4.5M."""
-    scales = ((1e9, 1e9, "G"), (1e6, 1e6, "M"), (1e4, 1e3, "k"))
-    size, suffix = next(((s, x) for least, s, x in scales if abs(value) >= least), (1, ""))
-    scaled = value / size
-    return _number(round(scaled, 1 if abs(scaled) < (100 if suffix else 1000) else None)) + suffix
-
-
-def _number(value: float) -> str:
-    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
-
-
 def _ms(value: float | None) -> str:
-    return "—" if value is None else f"{_number(value)} ms"
+    return "—" if value is None else f"{number(value)} ms"

@@ -64,6 +64,33 @@ _ROUTE_PATTERNS = (
 )
 
 
+# Model label values: what a server lists, else "other"; while no catalog is known (one server,
+# never checked), the first MAX_MODEL_LABELS names this process saw, then "other".
+OTHER_MODEL = "other"
+MAX_MODEL_LABELS = 50
+_seen_models: set[str] = set()
+
+
+def model_label(model: str, outcome: str) -> str:
+    """A bounded label for a model name: 20 spellings of one model never make 20 series."""
+    from keys.models import normalize_model
+    from proxy.backends import known_models
+
+    if not model:
+        return ""
+    # Names in failed requests are arbitrary (typos, probes): one value for all of them.
+    if outcome != "ok":
+        return OTHER_MODEL
+    name = normalize_model(model)
+    catalog = known_models()
+    if catalog:
+        return name if name in catalog else OTHER_MODEL
+    if name in _seen_models or len(_seen_models) < MAX_MODEL_LABELS:
+        _seen_models.add(name)
+        return name
+    return OTHER_MODEL
+
+
 def route_label(path: str) -> str:
     for pattern, label in _ROUTE_PATTERNS:
         if pattern.match(path):
@@ -74,8 +101,7 @@ def route_label(path: str) -> str:
 def observe(record) -> None:
     """Count one finished request (called by usage_record only)."""
     route = route_label(record.route)
-    # Only models that answered become label values: names in failed requests are arbitrary.
-    model = record.model if record.outcome == "ok" else ""
+    model = model_label(record.model, record.outcome)
     REQUESTS.labels(route, model, str(record.status), record.outcome).inc()
     LATENCY.labels(route).observe(record.latency_ms / 1000)
     if record.ttft_ms is not None:
@@ -90,9 +116,35 @@ def observe(record) -> None:
         BACKEND_REQUESTS.labels(record.backend, record.outcome).inc()
 
 
-def render() -> tuple[bytes, str]:
+def _registry():
+    """Every worker's metrics under gunicorn (summed from their files), else this process's."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return registry
+    return REGISTRY
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
+
+
+def backend_totals() -> dict[str, dict]:
+    """Per Ollama server, summed over every worker of this gateway since it started: requests,
+    failed ones (upstream errors and timeouts), and requests in flight now."""
+    totals: dict[str, dict] = {}
+    for family in _registry().collect():
+        if family.name not in ("gateway_backend_requests", "gateway_backend_in_flight"):
+            continue
+        for sample in family.samples:
+            backend = sample.labels.get("backend")
+            if not backend or sample.name.endswith("_created"):
+                continue
+            row = totals.setdefault(backend, {"requests": 0, "failures": 0, "in_flight": 0})
+            if family.name == "gateway_backend_in_flight":
+                row["in_flight"] += int(sample.value)
+                continue
+            row["requests"] += int(sample.value)
+            if sample.labels.get("outcome") in ("upstream_error", "timeout"):
+                row["failures"] += int(sample.value)
+    return totals

@@ -62,6 +62,19 @@ class UsageRecord(models.Model):
         return f"{self.method} {self.route} {self.status} ({self.request_id})"
 
 
+# What the admin and the dashboard call each outcome (kept out of the field's choices, whose
+# labels would only add a migration).
+OUTCOME_LABELS = {
+    UsageRecord.Outcome.OK: "OK",
+    UsageRecord.Outcome.BAD_REQUEST: "Client error (4xx)",
+    UsageRecord.Outcome.DENIED: "Denied (401/403)",
+    UsageRecord.Outcome.RATE_LIMITED: "Rate-limited (429)",
+    UsageRecord.Outcome.CLIENT_CLOSED: "Client hung up",
+    UsageRecord.Outcome.UPSTREAM_ERROR: "Server error (5xx)",
+    UsageRecord.Outcome.TIMEOUT: "Upstream timeout (504)",
+}
+
+
 # Upper bounds (ms) of the latency histogram kept in each rollup row; the last bucket is open.
 LATENCY_BUCKETS_MS = (
     10,

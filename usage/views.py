@@ -1,8 +1,7 @@
-import csv
 import hmac
 
 from django.conf import settings
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.response import Response
@@ -10,7 +9,7 @@ from rest_framework.response import Response
 from keys.permissions import IsAdminKey, IsApiKey
 from ollama_gateway.api import GatewayAPIView
 from usage import metrics
-from usage.models import UsageRecord
+from usage.export import usage_csv_response
 from usage.serializers import (
     AdminStatsQuerySerializer,
     AdminStatsSerializer,
@@ -72,52 +71,6 @@ class AdminStatsView(StatsView):
         return {"key": params.get("key"), "per_key": True}
 
 
-CSV_COLUMNS = [
-    "started_at",
-    "key__preview",
-    "key__name",
-    "method",
-    "route",
-    "model",
-    "backend",
-    "status",
-    "outcome",
-    "latency_ms",
-    "ttft_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "request_id",
-    "client_addr",
-]
-
-
-class _Echo:
-    def write(self, value):
-        return value
-
-
-def usage_csv_response(start, end) -> StreamingHttpResponse:
-    """Raw records of a period as CSV, streamed: memory stays flat for millions of rows."""
-    rows = (
-        UsageRecord.objects.filter(started_at__gte=start, started_at__lt=end)
-        .order_by("started_at")
-        .values_list(*CSV_COLUMNS)
-        .iterator(chunk_size=5000)
-    )
-    writer = csv.writer(_Echo())
-    header = [c.replace("key__", "key_") for c in CSV_COLUMNS]
-    lines = (writer.writerow(row) for row in _prepend(header, rows))
-    response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
-    name = f"usage-{start:%Y%m%d%H%M}-{end:%Y%m%d%H%M}.csv"
-    response["Content-Disposition"] = f'attachment; filename="{name}"'
-    return response
-
-
-def _prepend(first, rest):
-    yield first
-    yield from rest
-
-
 class UsageExportView(GatewayAPIView):
     permission_classes = [IsAdminKey]
 
@@ -132,12 +85,25 @@ class UsageExportView(GatewayAPIView):
         return usage_csv_response(query.validated_data["start"], query.validated_data["end"])
 
 
+# Headers a reverse proxy adds: a request carrying one came from somewhere else.
+_FORWARDING_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+
+
 def metrics_view(request):
-    """Prometheus metrics, for a bearer METRICS_TOKEN or an address in METRICS_ALLOWED_IPS."""
+    """Prometheus metrics, for a bearer METRICS_TOKEN or an address in METRICS_ALLOWED_IPS.
+
+    The address is the client's as TRUSTED_PROXIES resolves it. A request relayed by a proxy
+    that is not trusted (e.g. a local nginx when TRUSTED_PROXIES is empty: REMOTE_ADDR is
+    127.0.0.1, the client is anywhere) is not taken for a local one: it needs the token.
+    """
     token = settings.METRICS_TOKEN
     given = request.META.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ").strip()
     token_ok = bool(token) and hmac.compare_digest(given.encode(), token.encode())
-    if not (token_ok or getattr(request, "client_addr", None) in settings.METRICS_ALLOWED_IPS):
+    relayed = request.META.get("REMOTE_ADDR") not in settings.TRUSTED_PROXIES and any(
+        request.META.get(header) for header in _FORWARDING_HEADERS
+    )
+    address = getattr(request, "client_addr", None)
+    if not (token_ok or (address in settings.METRICS_ALLOWED_IPS and not relayed)):
         return JsonResponse({"detail": "Not allowed."}, status=403)
     body, content_type = metrics.render()
     return HttpResponse(body, content_type=content_type)

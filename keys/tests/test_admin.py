@@ -105,3 +105,103 @@ def test_editing_validates_like_creating(staff, make_key):
     assert saved.status_code == 302
     key.refresh_from_db()
     assert key.rate_limit == 7
+
+
+def _staff_with(client, django_user_model, *codenames):
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user("clerk", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    client.force_login(user)
+    return client
+
+
+def _add_form(**fields):
+    return {
+        "name": "minted",
+        "role": "user",
+        "rate_limit": "",
+        "expires_at_0": "",
+        "expires_at_1": "",
+        "allowed_models": "",
+        **fields,
+    }
+
+
+def test_view_only_staff_cannot_revoke(client, django_user_model, make_key):
+    viewer = _staff_with(client, django_user_model, "view_apikey")
+    key, _ = make_key("admin", name="precious")
+    response = viewer.post(
+        "/admin/keys/apikey/", {"action": "revoke", "_selected_action": [key.pk]}, follow=True
+    )
+    assert "Revoked" not in response.content.decode()
+    key.refresh_from_db()
+    assert key.is_active is True
+    # The action is not even offered.
+    assert 'value="revoke"' not in viewer.get("/admin/keys/apikey/").content.decode()
+
+
+def test_staff_with_change_permission_can_revoke(client, django_user_model, make_key):
+    changer = _staff_with(client, django_user_model, "view_apikey", "change_apikey")
+    key, _ = make_key(name="old")
+    changer.post("/admin/keys/apikey/", {"action": "revoke", "_selected_action": [key.pk]})
+    key.refresh_from_db()
+    assert key.is_active is False
+
+
+def test_add_permission_alone_mints_user_keys_only(client, django_user_model):
+    adder = _staff_with(client, django_user_model, "view_apikey", "add_apikey")
+    page = adder.get("/admin/keys/apikey/add/").content.decode()
+    assert 'value="admin"' not in page
+    response = adder.post("/admin/keys/apikey/add/", _add_form(role="admin"))
+    assert "errorlist" in response.content.decode()
+    assert not ApiKey.objects.filter(role="admin").exists()
+    adder.post("/admin/keys/apikey/add/", _add_form(role="user"))
+    assert ApiKey.objects.get(name="minted").role == "user"
+
+
+def test_manage_admin_keys_permission_mints_admin_keys(client, django_user_model):
+    manager = _staff_with(client, django_user_model, "add_apikey", "manage_admin_keys")
+    manager.post("/admin/keys/apikey/add/", _add_form(role="admin"))
+    assert ApiKey.objects.get(name="minted").role == "admin"
+
+
+def test_a_key_cannot_be_raised_to_admin_by_editing(staff, make_key):
+    key, _ = make_key(name="plain")
+    data = {**_add_form(name="plain", role="admin", rate_limit="5"), "token_quota": ""}
+    assert staff.post(f"/admin/keys/apikey/{key.pk}/change/", data).status_code == 302
+    key.refresh_from_db()
+    assert key.role == "user"
+
+
+def test_reloading_the_created_page_makes_no_second_key(staff):
+    form = staff.get("/admin/keys/apikey/add/").content.decode()
+    token = re.search(r'name="creation_token" value="([^"]+)"', form).group(1)
+    data = _add_form(name="once", creation_token=token)
+    first = staff.post("/admin/keys/apikey/add/", data).content.decode()
+    raw = re.search(r'id="raw-key"[^>]*>(ollama-[A-Za-z0-9_-]+)<', first).group(1)
+    # The browser's reload sends the same form again.
+    again = staff.post("/admin/keys/apikey/add/", data)
+    assert again.status_code == 200
+    page = again.content.decode()
+    assert 'id="already-created"' in page and raw not in page and 'id="raw-key"' not in page
+    assert ApiKey.objects.filter(name="once").count() == 1
+    assert all(raw not in s.session_data for s in Session.objects.all())
+    # A fresh form (a new token) still creates another key.
+    fresh = staff.get("/admin/keys/apikey/add/").content.decode()
+    token2 = re.search(r'name="creation_token" value="([^"]+)"', fresh).group(1)
+    assert token2 != token
+    staff.post("/admin/keys/apikey/add/", {**data, "creation_token": token2})
+    assert ApiKey.objects.filter(name="once").count() == 2
+
+
+def test_the_admin_is_titled_for_the_product_and_links_the_dashboard(staff):
+    page = staff.get("/admin/").content.decode()
+    assert "ollama-gateway administration" in page and "Django administration" not in page
+    assert 'href="/admin/usage/usagerecord/dashboard/" id="usage-dashboard-link"' in page
+
+
+def test_the_dashboard_link_needs_the_usage_view_permission(client, django_user_model):
+    clerk = _staff_with(client, django_user_model, "view_apikey")
+    page = clerk.get("/admin/").content.decode()
+    assert "usage-dashboard-link" not in page

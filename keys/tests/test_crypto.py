@@ -31,3 +31,16 @@ def test_preview_and_hash_are_unique_in_the_database(make_key, field):
     setattr(twin, field, getattr(key, field))
     with pytest.raises(IntegrityError), transaction.atomic():
         twin.save()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/api/keys/ollama-AbCdEfGh" + "x" * 35, "/api/keys/ollama-AbCdEfGh…"),
+        ("a ollama-12345678_-abc b ollama-abcdefghijk", "a ollama-12345678… b ollama-abcdefgh…"),
+        ("/api/keys/ollama-AbCdEfGh", "/api/keys/ollama-AbCdEfGh"),  # a preview stays
+        ("/api/chat", "/api/chat"),
+    ],
+)
+def test_redact_keys_leaves_previews_only(text, expected):
+    assert crypto.redact_keys(text) == expected

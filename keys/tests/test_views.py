@@ -1,5 +1,6 @@
 """POST/GET /api/keys and DELETE /api/keys/{preview}."""
 
+import logging
 from datetime import timedelta
 
 import pytest
@@ -67,6 +68,27 @@ def test_revoke_by_preview(admin, make_key, client_for):
     assert listed[key.preview]["revoked_at"] is not None
 
 
+def test_revoke_by_the_whole_key_never_stores_or_logs_it(admin, make_key, client_for, caplog):
+    from usage.models import UsageRecord
+
+    caplog.set_level(logging.DEBUG)
+    key, raw = make_key(name="leaked")
+    response = admin.delete(f"/api/keys/{raw}")
+    assert response.status_code == 204
+    assert client_for(raw).get("/api/version").status_code == 401
+    key.refresh_from_db()
+    assert key.is_active is False
+    record = UsageRecord.objects.get(method="DELETE")
+    assert raw not in record.route and record.route == f"/api/keys/{key.preview}…"
+    assert raw not in "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
+    # An unknown whole key: 404, without echoing it.
+    unknown = "ollama-" + "Z" * 43
+    response = admin.delete(f"/api/keys/{unknown}")
+    assert response.status_code == 404
+    assert unknown not in response.content.decode()
+    assert not UsageRecord.objects.filter(route__contains=unknown).exists()
+
+
 def test_revoke_unknown_key_is_404(admin):
     response = admin.delete("/api/keys/ollama-nothere1")
     assert response.status_code == 404
@@ -116,3 +138,16 @@ def test_expiry_in_the_future_is_kept(admin):
     response = admin.post("/api/keys", {"name": "temp", "expires_at": expires}, format="json")
     assert response.status_code == 201
     assert ApiKey.objects.get(name="temp").expires_at is not None
+
+
+def test_a_body_announced_too_large_gets_413(admin, settings):
+    response = admin.generic(
+        "POST",
+        "/api/keys",
+        b'{"name": "big"}',
+        content_type="application/json",
+        CONTENT_LENGTH=str(60 * 1024 * 1024),
+    )
+    assert response.status_code == 413
+    assert str(settings.DATA_UPLOAD_MAX_MEMORY_SIZE) in response.json()["detail"]
+    assert not ApiKey.objects.filter(name="big").exists()

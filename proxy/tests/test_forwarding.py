@@ -13,8 +13,9 @@ def test_body_reaches_ollama_byte_for_byte(gateway, user_key, fake_ollama):
         f'"images":["{image}"]}}],'
         '"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],'
         '"format":{"type":"object","properties":{"a":{"type":"integer"}}},'
-        '"options":{"temperature":0.25,"num_ctx":8192,"seed":42},"keep_alive":"10m","stream":false}'
+        '"think":"high","truncate":false,"stream":false}'
     )
+    # (Bodies naming options or keep_alive from user keys are rebuilt: see test_policy.py.)
     response = requests.post(
         f"{gateway}/api/chat",
         data=body.encode(),

@@ -9,6 +9,21 @@ from proxy.models import Backend
     [
         ({"url": "ftp://gpu-1:11434"}, "url"),
         ({"url": "http://"}, "url"),
+        ({"url": "http://user:pw@gpu-1:11434"}, "url"),
+        ({"url": "http://gpu-1:11434/api"}, "url"),
+        ({"url": "http://gpu-1:11434?x=1"}, "url"),
+        ({"url": "http://gpu-1:11434#top"}, "url"),
+        ({"url": "http://gpu-1:99999"}, "url"),
+        ({"url": "http://169.254.169.254"}, "url"),
+        ({"url": "http://169.254.1.1:11434"}, "url"),
+        ({"url": "http://2852039166"}, "url"),  # 169.254.169.254 spelled as a number
+        ({"url": "http://0xa9.0xfe.0xa9.0xfe"}, "url"),
+        ({"url": "http://[::ffff:169.254.169.254]"}, "url"),
+        ({"url": "http://[fe80::1]:11434"}, "url"),
+        ({"url": "http://100.100.100.200"}, "url"),
+        ({"url": "http://[fd00:ec2::254]"}, "url"),
+        ({"url": "http://metadata.google.internal"}, "url"),
+        ({"url": "http://Metadata.Google.Internal.:80"}, "url"),
         ({"credential_env": "SECRET_KEY"}, "credential_env"),
         ({"credential_env": "DATABASE_URL"}, "credential_env"),
     ],
@@ -20,5 +35,23 @@ def test_backend_validation(db, fields, bad):
     assert bad in raised.value.message_dict
 
 
-def test_a_valid_backend(db):
-    Backend(name="gpu-1", url="http://gpu-1:11434", credential_env="OLLAMA_GPU1_TOKEN").full_clean()
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://gpu-1:11434",
+        "https://gpu-1.example.com",
+        "http://127.0.0.1:11434",
+        "http://[::1]:11434",
+        "http://192.168.1.20:11434/",
+        "http://10.0.0.5:11434",
+    ],
+)
+def test_a_valid_backend(db, url):
+    Backend(name="gpu-1", url=url, credential_env="OLLAMA_GPU1_TOKEN").full_clean()
+
+
+def test_link_local_allowed_when_the_setting_says_so(db, settings):
+    settings.BACKEND_ALLOW_LINK_LOCAL = True
+    Backend(name="gpu-1", url="http://169.254.10.10:11434").full_clean()
+    with pytest.raises(ValidationError):  # the shape rules still hold
+        Backend(name="gpu-1", url="http://169.254.10.10:11434/x").full_clean()

@@ -140,3 +140,14 @@ def test_non_staff_are_sent_to_login(client, django_user_model, records, path, w
     response = client.get(f"{CHANGELIST}{path}")
     assert response.status_code == 302
     assert response["Location"].startswith("/admin/login/")
+
+
+def test_records_list_status_outcome_and_latency_first_in_words(staff_client, record_usage):
+    record_usage(request_id="req-404", status=404, latency_ms=12.345)
+    page = staff_client.get(CHANGELIST).content.decode()
+    headers = re.findall(r'<th scope="col" class="[^"]*column-([a-z_]+)', page)
+    assert headers[:4] == ["status_text", "outcome_text", "latency", "started_at"]
+    row = page[page.index('class="field-status_text"') :]
+    cells = re.findall(r'class="field-[a-z_]+"[^>]*>(?:<a [^>]*>)?([^<]*)<', row)
+    assert cells[:3] == ["404 Not Found", "Client error (4xx)", "12 ms"]
+    assert ">Server error (5xx)</a>" in page  # the outcome filter speaks the same words

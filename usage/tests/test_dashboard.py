@@ -12,7 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from usage.dashboard import WIDE, bar_chart
+from usage.charts import WIDE, bar_chart
 
 DASHBOARD = "/admin/usage/usagerecord/dashboard/"
 IN_PERIOD = {"req-1", "req-2", "req-3", "req-error", "req-limited"}
@@ -53,7 +53,8 @@ def test_dashboard_shows_the_period(staff_client, usage):
         "requests": "5",
         "prompt-tokens": "60",
         "completion-tokens": "30",
-        "errors": "1",
+        "client-errors": "0",
+        "server-errors": "1",
         "rate-limited": "1",
         # Estimated from the histogram: 5 requests spread over the 100-250 ms bucket.
         "latency-p50": "175 ms",
@@ -224,3 +225,61 @@ def test_dashboard_shows_each_ollama_server(staff_client, settings, fake_ollama)
     assert "ollama-1" in backends and "ollama-2" in backends
     assert "127.0.0.1" not in backends
     assert backends.count("<strong>down</strong>") == 1
+
+
+def test_client_and_server_errors_are_counted_apart(staff_client, record_usage):
+    for n in range(20):
+        record_usage(request_id=f"req-404-{n}", status=404)
+    record_usage(request_id="req-401", status=401, model="")
+    record_usage(request_id="req-502", status=502)
+    record_usage(request_id="req-504", status=504)
+    shown = cards(staff_client.get(DASHBOARD))
+    assert shown["client-errors"] == "21" and shown["server-errors"] == "2"
+    page = staff_client.get(DASHBOARD).content.decode()
+    outcomes = page[page.index('id="by-outcome"') :]
+    assert "<td>Client error (4xx)</td>" in outcomes and "<td>Server error (5xx)</td>" in outcomes
+
+
+def test_unknown_model_names_collapse_into_one_row(staff_client, record_usage):
+    record_usage(request_id="req-ok", model="llama3.2")
+    record_usage(request_id="req-broken", model="qwen2.5", status=500)  # a server failed it
+    for n in range(20):
+        record_usage(request_id=f"req-typo-{n}", model=f"llama3.2-typo{n}", status=404)
+    page = staff_client.get(DASHBOARD).content.decode()
+    by_model = page[page.index('id="by-model"') : page.index('id="by-key"')]
+    models = re.findall(r"<tr>\s*<td>([^<]*)</td>\s*<td class=\"number\">(\d+)<", by_model)
+    assert models == [("llama3.2", "1"), ("qwen2.5", "1"), ("other", "20")]
+
+
+def test_servers_table_sums_every_worker(served, make_key, client, django_user_model):
+    import concurrent.futures
+
+    import requests as http
+
+    from conftest import wait_for_records
+
+    _, raw = make_key(name="spread")
+    client.force_login(django_user_model.objects.create_superuser("root", "r@example.com", None))
+    session = {settings.SESSION_COOKIE_NAME: client.cookies[settings.SESSION_COOKIE_NAME].value}
+
+    def served_requests() -> int:
+        page = http.get(f"{served}{DASHBOARD}", cookies=session, timeout=10).text
+        table = page[page.index('id="backends"') :]
+        row = re.search(r"<td>ollama-1</td>(.*?)</tr>", table, re.S).group(1)
+        return int(re.findall(r'class="number">(\d+)<', row)[1])  # in flight, requests, ...
+
+    before = served_requests()
+
+    def generate(_):
+        return http.post(
+            f"{served}/api/generate",
+            json={"model": "llama3.2", "prompt": "hi", "stream": False},
+            headers={"Authorization": f"Bearer {raw}"},
+            timeout=30,
+        ).status_code
+
+    # Concurrent, so that both workers serve some.
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        assert set(pool.map(generate, range(40))) == {200}
+    wait_for_records(40, key__name="spread")
+    assert served_requests() - before == 40

@@ -1,5 +1,6 @@
 import json
 import logging
+import re
 
 import pytest
 
@@ -17,11 +18,11 @@ def test_metrics_for_allowed_addresses(client, user_key, client_for, fake_ollama
     assert response.status_code == 200
     text = response.content.decode()
     assert (
-        'gateway_requests_total{model="llama3.2",outcome="ok",route="/api/generate",status="200"}'
-        in text
+        'gateway_requests_total{model="llama3.2:latest",outcome="ok",route="/api/generate",'
+        'status="200"}' in text
     )
     assert "gateway_request_duration_seconds_bucket" in text
-    assert 'gateway_tokens_total{kind="completion",model="llama3.2"}' in text
+    assert 'gateway_tokens_total{kind="completion",model="llama3.2:latest"}' in text
     assert "gateway_streams_in_flight" in text
     server = "ollama-1"
     assert f'gateway_backend_requests_total{{backend="{server}",outcome="ok"}}' in text
@@ -35,6 +36,60 @@ def test_metrics_refused_elsewhere_unless_token(client, settings):
     assert wrong.status_code == 403
     right = client.get("/metrics", REMOTE_ADDR="203.0.113.9", HTTP_AUTHORIZATION="Bearer scrape-me")
     assert right.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("remote", "headers", "trusted", "status"),
+    [
+        ("127.0.0.1", {}, [], 200),
+        # A local nginx in front, not declared: the client is elsewhere.
+        ("127.0.0.1", {"HTTP_X_FORWARDED_FOR": "203.0.113.9"}, [], 403),
+        ("127.0.0.1", {"HTTP_X_REAL_IP": "203.0.113.9"}, [], 403),
+        ("127.0.0.1", {"HTTP_FORWARDED": "for=203.0.113.9"}, [], 403),
+        # Declared: the forwarded address decides.
+        ("127.0.0.1", {"HTTP_X_FORWARDED_FOR": "203.0.113.9"}, ["127.0.0.1"], 403),
+        ("127.0.0.1", {"HTTP_X_FORWARDED_FOR": "::1"}, ["127.0.0.1"], 200),
+    ],
+)
+def test_metrics_through_a_local_reverse_proxy(client, settings, remote, headers, trusted, status):
+    settings.TRUSTED_PROXIES = trusted
+    assert client.get("/metrics", REMOTE_ADDR=remote, **headers).status_code == status
+    settings.METRICS_TOKEN = "scrape-me"
+    with_token = client.get(
+        "/metrics", REMOTE_ADDR=remote, HTTP_AUTHORIZATION="Bearer scrape-me", **headers
+    )
+    assert with_token.status_code == 200
+
+
+def _model_labels(text: str) -> set[str]:
+    return set(re.findall(r'gateway_requests_total\{model="([^"]*)"', text))
+
+
+def test_model_labels_collapse_unknown_names(client, user_key, client_for, fake_ollama):
+    from proxy.backends import backend_pool
+
+    backend_pool().check_all()  # the pool's catalog: what the server lists
+    gateway = client_for(user_key[1])
+    typos = [f"llama3.{n}-typo" for n in range(20)]
+    for name in ["llama3.2", "LLAMA3.2", "llama3.2:latest", *typos]:
+        gateway.post(
+            "/api/generate", {"model": name, "prompt": "hi", "stream": False}, format="json"
+        )
+    labels = _model_labels(client.get("/metrics").content.decode())
+    assert "llama3.2:latest" in labels and "other" in labels
+    assert not labels & {"llama3.2", "LLAMA3.2", *typos}
+
+
+def test_model_labels_are_bounded_without_a_catalog(monkeypatch):
+    from proxy import backends
+    from usage import metrics
+
+    monkeypatch.setattr(backends, "_pool", None)  # no pool yet: no catalog
+    monkeypatch.setattr(metrics, "_seen_models", set())
+    labels = {metrics.model_label(f"model-{n}", "ok") for n in range(200)}
+    assert len(labels) == metrics.MAX_MODEL_LABELS + 1 and "other" in labels
+    assert metrics.model_label("model-0", "ok") == "model-0:latest"
+    assert metrics.model_label("model-0", "upstream_error") == "other"
 
 
 def test_no_raw_key_ever_reaches_the_logs(gateway, admin_key, make_key, caplog, fake_ollama):
