@@ -7,7 +7,7 @@ import requests
 from django.conf import settings
 from django.db import connection
 from django.db.utils import Error as DatabaseError
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
@@ -37,6 +37,11 @@ class ServiceInfoView(APIView):
             },
         ),
     )
+    def head(self, request):
+        """Clients (Claude Code, Ollama's own CLI) probe `HEAD /` before anything, without a
+        key: answered as Ollama answers it."""
+        return HttpResponse("Ollama is running", content_type="text/plain; charset=utf-8")
+
     def get(self, request):
         return JsonResponse(
             {

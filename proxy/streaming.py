@@ -1,8 +1,9 @@
 """Relaying Ollama's answers to the client as they are produced, and reading usage from them.
 
 Chunks go out exactly as they came in (no re-framing, no buffering). The relay only looks for the
-few lines that carry token counters: the native `"done":true` line, or the OpenAI chunk with
-`"usage"`. A cheap substring test picks them; only those lines are parsed.
+few lines that carry token counters: the native `"done":true` line, the OpenAI chunk with
+`"usage"`, and the Anthropic and Responses events that carry usage (see proxy/protocols.py). A
+cheap substring test picks them; only those lines are parsed.
 """
 
 import json
@@ -13,16 +14,28 @@ import requests
 import urllib3
 
 from ollama_gateway.errors import OPENAI, error_body
+from proxy import protocols
 
 logger = logging.getLogger("proxy")
 
-_MARKERS = (b'"done":true', b'"done": true', b'"usage"', b'"error"')
+_MARKERS = (
+    b'"done":true',
+    b'"done": true',
+    b'"usage"',
+    b'"error"',
+    b'"response.failed"',
+    *protocols.USAGE_MARKERS,
+)
 # What a broken or timed-out upstream stream raises while being read.
 _STREAM_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 
 
 def read_usage(payload: dict) -> tuple[int | None, int | None]:
-    """(prompt tokens, completion tokens) from a native final chunk or an OpenAI answer."""
+    """(prompt tokens, completion tokens) from a native final chunk, an OpenAI answer, or an
+    Anthropic or Responses event or answer (either count may then be None)."""
+    counted = protocols.usage_from_event(payload)
+    if counted is not None:
+        return counted
     usage = payload.get("usage")
     if isinstance(usage, dict):
         return usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -113,18 +126,21 @@ class StreamRelay:
     def _scan(self, chunk: bytes) -> None:
         data = self._tail + chunk
         lines = data.split(b"\n")
-        self._tail = lines.pop()[-65536:]
+        self._tail = lines.pop()[-protocols.MAX_EVENT_BYTES :]
         for line in lines:
             if any(marker in line for marker in _MARKERS):
                 payload = _line_payload(line)
                 if not payload:
                     continue
-                if "error" in payload:
+                if protocols.is_failure_event(payload):
                     # Ollama's own report of a failure after streaming began.
                     self.upstream_error = True
                 prompt, completion = read_usage(payload)
+                # Anthropic streams give the two counts in different events.
                 if prompt is not None:
-                    self.prompt_tokens, self.completion_tokens = prompt, completion
+                    self.prompt_tokens = prompt
+                if completion is not None:
+                    self.completion_tokens = completion
 
     def _without_usage_event(self, chunk: bytes) -> bytes:
         """Complete SSE events of the stream so far, less the usage-only one."""
@@ -133,6 +149,9 @@ class StreamRelay:
         return b"".join(event + b"\n\n" for event in kept)
 
     def _error_event(self, message: str) -> bytes:
+        event = protocols.stream_error_event(self.surface, 502, message)
+        if event is not None:
+            return event
         body = json.dumps(error_body(self.surface, 502, message)).encode()
         return b"data: " + body + b"\n\n" if self.surface == OPENAI else body + b"\n"
 

@@ -20,7 +20,8 @@ from rest_framework.renderers import JSONRenderer
 
 from keys.permissions import IsAdminKey, IsApiKey
 from ollama_gateway.api import GatewayAPIView
-from ollama_gateway.errors import OLLAMA, OPENAI, error_response
+from ollama_gateway.errors import ANTHROPIC, OLLAMA, OPENAI, RESPONSES, error_response
+from proxy import protocols
 from proxy.backends import CHECK_TIMEOUT, backend_pool
 from proxy.streaming import StreamRelay, usage_from_body
 from usage import metrics
@@ -38,8 +39,10 @@ RELAYED_HEADERS = ("Content-Type", "Cache-Control")
 MODEL_NAME = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*(?::[A-Za-z0-9._-]+)?"
 )
-# Client headers worth passing on; everything else (Authorization, cookies, Host...) stays here.
-FORWARDED_HEADERS = ("Content-Type", "Accept", "User-Agent")
+# Client headers worth passing on; everything else (Authorization, X-API-Key, cookies, Host,
+# Content-Encoding: bodies go decoded...) stays here. Ollama ignores the anthropic-* ones today;
+# they are passed on so that a future Ollama can honour them.
+FORWARDED_HEADERS = ("Content-Type", "Accept", "User-Agent", "anthropic-version", "anthropic-beta")
 
 
 def is_stream(response) -> bool:
@@ -83,7 +86,7 @@ class BadRequest(Exception):
 
 def not_found_message(surface: str, model: str) -> str:
     """Exactly what Ollama says for a model it does not have, so allowlists do not leak."""
-    if surface == OPENAI:
+    if surface != OLLAMA:
         return f'model "{model}" not found, try pulling it first'
     return f"model '{model}' not found"
 
@@ -103,6 +106,10 @@ class ProxyView(GatewayAPIView):
     raw_body = False
     # For list answers: the JSON list to filter by the key's allowlist, and each entry's name key.
     filter_list = None
+    # Whether the body is a multipart form whose `model` field names the model (transcriptions).
+    multipart = False
+    # Largest body accepted (after decompression); None: settings.MAX_REQUEST_BODY_BYTES.
+    max_body_bytes = None
 
     def get(self, request, **kwargs):
         return self.relay(request, **kwargs)
@@ -212,12 +219,19 @@ class ProxyView(GatewayAPIView):
 
     def read_body(self, request) -> bytes:
         """The client's body, validated enough that Ollama never sees a bad one."""
+        limit = self.max_body_bytes or settings.MAX_REQUEST_BODY_BYTES
         length = request.META.get("CONTENT_LENGTH") or "0"
-        if length.isdigit() and int(length) > settings.MAX_REQUEST_BODY_BYTES:
-            raise BadRequest(
-                413, f"Request body is larger than {settings.MAX_REQUEST_BODY_BYTES} bytes."
+        if length.isdigit() and int(length) > limit:
+            raise BadRequest(413, f"Request body is larger than {limit} bytes.")
+        try:
+            # zstd (Codex) and gzip bodies: read decoded, bounded by the same limit.
+            body = protocols.decode_body(
+                request._request.body, request.headers.get("Content-Encoding"), limit
             )
-        body = request._request.body
+            if self.multipart:
+                return self.read_multipart(request, body)
+        except protocols.ProtocolError as exc:
+            raise BadRequest(exc.status, exc.message) from None
         if request.method in ("GET", "HEAD") or (not self.names_model and not body):
             return body
         try:
@@ -236,12 +250,7 @@ class ProxyView(GatewayAPIView):
                 raise BadRequest(
                     400, f"Unexpected field {variants[0]!r}: field names are lowercase."
                 )
-            model = payload.get("model") or payload.get("name")
-            if not isinstance(model, str) or not model.strip():
-                raise BadRequest(400, "model is required")
-            request.exchange.model = model
-            if not request.user.allows_model(model):
-                raise BadRequest(404, not_found_message(self.error_surface, model))
+            self.check_model(request, payload.get("model") or payload.get("name"))
         if self.error_surface == OPENAI and payload.get("stream") is True:
             options = payload.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
@@ -250,6 +259,20 @@ class ProxyView(GatewayAPIView):
                 request.drop_usage_event = True
                 payload["stream_options"] = {**(options or {}), "include_usage": True}
                 return json.dumps(payload).encode()
+        return body
+
+    def check_model(self, request, model) -> None:
+        """Note the model a request names; one this key may not use does not exist."""
+        if not isinstance(model, str) or not model.strip():
+            raise BadRequest(400, "model is required")
+        request.exchange.model = model
+        if not request.user.allows_model(model):
+            raise BadRequest(404, not_found_message(self.error_surface, model))
+
+    def read_multipart(self, request, body: bytes) -> bytes:
+        """A multipart form (an audio upload): its `model` field checked, its bytes untouched."""
+        model = protocols.multipart_field(body, request.headers.get("Content-Type", ""), "model")
+        self.check_model(request, model)
         return body
 
     def stream(self, request, response, exchange, state):
@@ -400,6 +423,71 @@ def fan_out(request, states, path: str, body: bytes):
 
 class OpenAIProxyView(ProxyView):
     error_surface = OPENAI
+
+
+class ResponsesProxyView(OpenAIProxyView):
+    """POST /v1/responses: OpenAI's error shape; a failed stream ends with `response.failed`."""
+
+    error_surface = RESPONSES
+
+
+class TranscriptionProxyView(OpenAIProxyView):
+    """POST /v1/audio/transcriptions: a multipart upload, the model one of its fields."""
+
+    multipart = True
+    max_body_bytes = protocols.TRANSCRIPTION_MAX_BYTES
+
+
+class AnthropicProxyView(ProxyView):
+    """Anthropic's Messages API as Ollama serves it: errors in Anthropic's shape."""
+
+    error_surface = ANTHROPIC
+
+
+class CountTokensView(AnthropicProxyView):
+    """POST /v1/messages/count_tokens: Ollama has no such route, nor any tokenizer route.
+
+    Answered 404 in Anthropic's shape once the key and the model were checked (Claude Code then
+    falls back to its own estimate). A real count would cost a prompt evaluation on the shared
+    server per call; an estimate passed off as a count would be a lie.
+    """
+
+    def relay(self, request, **kwargs):
+        try:
+            self.read_body(request)
+        except BadRequest as exc:
+            return error_response(self.error_surface, exc.status, exc.message)
+        return error_response(
+            self.error_surface,
+            404,
+            "count_tokens is not available: Ollama cannot count tokens without running the "
+            "model. Input token counts come with every /v1/messages answer (usage.input_tokens).",
+        )
+
+
+class IdentityRouteView(GatewayAPIView):
+    """Ollama's ollama.com-identity routes (/api/me, /api/signout, /api/user/keys/*,
+    /api/experimental/web_search, web_fetch, model-recommendations): refused for every key.
+
+    They act with the server owner's ollama.com account and key (sign out, delete its keys, web
+    searches billed to it): no gateway key, admin or not, speaks for that owner.
+    """
+
+    error_surface = OLLAMA
+    permission_classes = [IsApiKey]
+    parser_classes = []
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = JsonOnly
+
+    def refuse(self, request, **kwargs):
+        return error_response(
+            OLLAMA,
+            403,
+            "This route acts with the Ollama server owner's ollama.com identity: the gateway "
+            "does not relay it.",
+        )
+
+    get = post = put = delete = head = refuse
 
 
 class OpenAIModelView(OpenAIProxyView):

@@ -9,8 +9,8 @@ import pytest
 import requests
 
 from conftest import free_port, start_gunicorn, wait_for_records
-from proxy.backends import backend_pool
 from devollama.server import FakeConfig, FakeOllama
+from proxy.backends import backend_pool
 
 MODELS = {
     "a": ["llama3.2:latest", "qwen2.5:0.5b"],

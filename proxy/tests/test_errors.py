@@ -84,12 +84,24 @@ def test_upstream_errors_pass_through_with_status_and_body(call, fake_ollama, fa
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/me", "/api/signout", "/api/user/keys/abc", "/api/experimental/web_search"]
+    ("method", "path"),
+    [
+        ("POST", "/api/me"),
+        ("POST", "/api/signout"),
+        ("DELETE", "/api/user/keys/abc"),
+        ("POST", "/api/experimental/web_search"),
+        ("POST", "/api/experimental/web_fetch"),
+        ("GET", "/api/experimental/model-recommendations"),
+    ],
 )
-def test_account_and_cloud_routes_are_not_exposed(call, fake_ollama, path):
-    response = call("POST", path, json={})
-    assert response.status_code == 404
-    assert response.json() == {"error": "Not found."}
+def test_account_and_cloud_routes_are_refused_to_every_key(
+    call, fake_ollama, user_key, admin_key, method, path
+):
+    for raw in (user_key[1], admin_key[1]):
+        response = call(method, path, raw=raw, json={})
+        assert response.status_code == 403
+        assert "ollama.com identity" in response.json()["error"]
+    assert call(method, path, raw="ollama-" + "z" * 43).status_code == 401
     assert fake_ollama.requests == []
 
 
