@@ -37,12 +37,11 @@ class ServiceInfoView(APIView):
             },
         ),
     )
-    def head(self, request):
-        """Clients (Claude Code, Ollama's own CLI) probe `HEAD /` before anything, without a
-        key: answered as Ollama answers it."""
-        return HttpResponse("Ollama is running", content_type="text/plain; charset=utf-8")
-
     def get(self, request):
+        if request.method == "HEAD":
+            # Clients (Claude Code, Ollama's own CLI) probe `HEAD /` first, without a key:
+            # answered as Ollama answers it. (Django routes HEAD here when there is no head().)
+            return HttpResponse("Ollama is running", content_type="text/plain; charset=utf-8")
         return JsonResponse(
             {
                 "name": "ollama-gateway",
