@@ -184,3 +184,69 @@ def test_multipart_field_refuses_bad_forms(body, content_type):
     with pytest.raises(ProtocolError) as raised:
         protocols.multipart_field(body, content_type, "model")
     assert raised.value.status == 400
+
+
+class _Upstream:
+    """Just what StreamRelay reads of a requests response."""
+
+    def __init__(self, chunks):
+        self.chunks = chunks
+        self.closed = False
+
+    def iter_content(self, chunk_size=None):
+        yield from self.chunks
+
+    def close(self):
+        self.closed = True
+
+
+def _relay(chunks, surface):
+    from proxy.streaming import StreamRelay
+
+    finished = []
+    relay = StreamRelay(
+        _Upstream(chunks),
+        surface=surface,
+        started=time.monotonic(),
+        on_finish=lambda *args: finished.append(args),
+    )
+    return b"".join(relay), finished[0]
+
+
+def test_relay_reads_anthropic_usage_from_two_events_and_changes_nothing():
+    start = {
+        "type": "message_start",
+        "message": {"usage": {"input_tokens": 12, "output_tokens": 0}},
+    }
+    delta = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn"},
+        "usage": {"output_tokens": 7},
+    }
+    stream = (
+        protocols.sse_event("message_start", start)
+        + protocols.sse_event("content_block_delta", {"type": "content_block_delta", "usage": 1})
+        + protocols.sse_event("message_delta", delta)
+    )
+    chunks = [stream[i : i + 7] for i in range(0, len(stream), 7)]  # split anywhere
+    relayed, (outcome, _, prompt, completion) = _relay(chunks, ANTHROPIC)
+    assert relayed == stream
+    assert (outcome, prompt, completion) == ("ok", 12, 7)
+
+
+def test_relay_reads_usage_after_a_long_responses_output():
+    output = [{"type": "message", "content": [{"type": "output_text", "text": "x" * 300_000}]}]
+    response = {"output": output, "usage": {"input_tokens": 40, "output_tokens": 90}}
+    completed = protocols.sse_event(
+        "response.completed", {"response": response, "type": "response.completed"}
+    )
+    chunks = [completed[i : i + 16384] for i in range(0, len(completed), 16384)]
+    relayed, (outcome, _, prompt, completion) = _relay(chunks, RESPONSES)
+    assert relayed == completed
+    assert (outcome, prompt, completion) == ("ok", 40, 90)
+
+
+def test_relay_marks_a_responses_failure_event():
+    failed = protocols.stream_error_event(RESPONSES, 500, "boom")
+    _, (outcome, *_) = _relay([failed], RESPONSES)
+    assert outcome == "upstream_error"
