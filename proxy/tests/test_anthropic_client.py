@@ -270,3 +270,16 @@ def test_stats_count_messages_with_tokens(claude, served, user_key):
     totals = stats["totals"]
     assert totals["prompt_tokens"] == 4 and totals["completion_tokens"] == 8
     assert {row["model"]: row["requests"] for row in stats["by_model"]}["llama3.2"] == 2
+
+
+def test_token_quota_counts_anthropic_tokens(claude_for, make_key):
+    _, raw = make_key(token_quota=5)
+    client = claude_for(raw)
+    client.messages.create(model="llama3.2", max_tokens=100, messages=HELLO)  # 2 + 5 tokens
+    wait_for_record(route="/v1/messages")
+    with pytest.raises(anthropic.RateLimitError) as raised:
+        client.messages.create(model="llama3.2", max_tokens=100, messages=HELLO)
+    assert raised.value.body["error"] == {
+        "type": "rate_limit_error",
+        "message": "Token quota exceeded",
+    }
