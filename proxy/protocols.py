@@ -153,6 +153,9 @@ def _too_large(limit: int) -> ProtocolError:
 def _bounded_zstd(body: bytes, limit: int) -> bytes:
     out = bytearray()
     try:
+        # A frame that declares its size (one-shot compressors write it) is judged unread.
+        if zstandard.frame_content_size(body) > limit:
+            raise _too_large(limit)
         # A stream reader hands out at most what is asked of it, frame after frame.
         with zstandard.ZstdDecompressor().stream_reader(
             io.BytesIO(body), read_across_frames=True

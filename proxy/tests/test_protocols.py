@@ -127,6 +127,16 @@ def test_decode_body_bomb_is_refused_fast_with_flat_memory(encoding):
     assert peak < 4 << 20  # a 1 MiB limit costs a few MiB, not the bomb's size
 
 
+def test_decode_body_refuses_a_declared_size_unread():
+    declared = zstandard.ZstdCompressor().compress(b"\0" * (8 << 20))  # the header says 8 MiB
+    tracemalloc.start()
+    with pytest.raises(ProtocolError) as raised:
+        protocols.decode_body(declared, "zstd", 1 << 20)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert raised.value.status == 413 and peak < 64 * 1024
+
+
 @pytest.mark.parametrize(
     ("body", "encoding", "status"),
     [
