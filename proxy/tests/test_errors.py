@@ -6,6 +6,8 @@ import time
 import pytest
 import requests
 
+from conftest import wait_for_records
+
 
 @pytest.fixture
 def call(gateway, user_key):
@@ -103,6 +105,15 @@ def test_account_and_cloud_routes_are_refused_to_every_key(
         assert "ollama.com identity" in response.json()["error"]
     assert call(method, path, raw="ollama-" + "z" * 43).status_code == 401
     assert fake_ollama.requests == []
+
+
+def test_refused_key_routes_mint_no_metric_series(call, gateway):
+    for key in ("first", "second"):
+        assert call("DELETE", f"/api/user/keys/{key}").status_code == 403
+    wait_for_records(2, route__startswith="/api/user/keys/")
+    metrics = requests.get(f"{gateway}/metrics", timeout=10).text
+    assert 'route="/api/user/keys/{key}"' in metrics
+    assert "/api/user/keys/first" not in metrics
 
 
 def test_cloud_models_are_hidden_from_user_keys(call, fake_ollama):
