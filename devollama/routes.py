@@ -544,7 +544,7 @@ def dispatch(call: Call) -> Reply:
     endpoint = _resolve(call.request.method, call.path)
     if endpoint is None:
         return text_reply(404, NOT_FOUND_TEXT)
-    faulty = call.path.startswith(("/api/", "/v1/")) and call.path != "/api/status"
+    faulty = call.path.startswith(("/api/", "/v1/"))
     try:
         if faulty and call.config.fail == "hang":
             return Reply(hang=True)

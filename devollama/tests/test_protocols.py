@@ -288,3 +288,21 @@ def test_no_parallel_cap_reports_the_peak(fake):
     for thread in threads:
         thread.join()
     assert httpx.get(fake.url + "/_fake/state").json()["max_running"] == 3
+
+
+def test_fault_knobs_apply_to_the_new_routes(fake, oai, claude):
+    fake.configure(fail="error500")
+    with pytest.raises(openai.InternalServerError) as raised:
+        oai.responses.create(model="llama3.2", input="hi")
+    assert raised.value.body["type"] == "api_error"
+    with pytest.raises(openai.InternalServerError):
+        oai.audio.transcriptions.create(model="llama3.2", file=("a.wav", b"RIFF"))
+    fake.configure(fail="midstream")
+    body = {"model": "llama3.2", "max_tokens": 50, "messages": HELLO, "stream": True}
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.post(f"{fake.url}/v1/messages", json=body).read()
+    fake.configure(fail="hang")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{fake.url}/v1/responses", json={"model": "llama3.2", "input": "x"}, timeout=0.3
+        )
