@@ -111,7 +111,7 @@ def test_decode_body_zstd_across_frames():
 def test_decode_body_bomb_is_refused_fast_with_flat_memory(encoding):
     zeros = b"\0" * (1 << 20)
     if encoding == "zstd":
-        writer = zstandard.ZstdCompressor(level=19).compressobj()
+        writer = zstandard.ZstdCompressor(level=3).compressobj()
         bomb = b"".join(writer.compress(zeros) for _ in range(1024)) + writer.flush()
     else:
         bomb = gzip.compress(zeros * 64, compresslevel=9)  # 64 MiB
