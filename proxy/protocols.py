@@ -100,9 +100,6 @@ def is_failure_event(payload: dict) -> bool:
 
 # --- Usage ------------------------------------------------------------------------------------
 
-# Substrings of the only SSE lines worth parsing for usage; others are relayed unread.
-USAGE_MARKERS = (b'"message_start"', b'"message_delta"', b'"response.completed"')
-
 
 def usage_from_event(payload: dict) -> tuple[int | None, int | None] | None:
     """(input tokens, output tokens) from an Anthropic or Responses event or whole answer; None

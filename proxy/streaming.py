@@ -18,14 +18,9 @@ from proxy import protocols
 
 logger = logging.getLogger("proxy")
 
-_MARKERS = (
-    b'"done":true',
-    b'"done": true',
-    b'"usage"',
-    b'"error"',
-    b'"response.failed"',
-    *protocols.USAGE_MARKERS,
-)
+# Anthropic's message_start / message_delta and Responses' response.completed carry `"usage"`,
+# their failure events an `"error"`: the same four substrings find them (each costs every chunk).
+_MARKERS = (b'"done":true', b'"done": true', b'"usage"', b'"error"')
 # What a broken or timed-out upstream stream raises while being read.
 _STREAM_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 
