@@ -186,41 +186,103 @@ def _bounded_gzip(body: bytes, limit: int) -> bytes:
     return bytes(out)
 
 
-_BOUNDARY = re.compile(r'boundary=(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
-_FIELD_NAME = re.compile(rb'\bname="([^"]*)"', re.IGNORECASE)
+# One `key=value` parameter of a header such as Content-Type or Content-Disposition: a token,
+# or a quoted string with backslash escapes (RFC 9110).
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PARAMETER = re.compile(rf'\s*({_TCHARS})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|({_TCHARS}))\s*')
+
+
+def _media_type(value: str) -> tuple[str, dict[str, str]]:
+    """`type; key=value; key="quoted"` read as Go's mime.ParseMediaType reads it (keys
+    lower-cased, quoted values unescaped). What Go might read otherwise is refused: duplicate
+    keys, RFC 2231 `key*=` values, anything malformed."""
+    kind, _, rest = value.partition(";")
+    params: dict[str, str] = {}
+    while rest.strip():
+        match = _PARAMETER.match(rest)
+        if not match:
+            raise ProtocolError(400, f"Malformed header parameters: {value[:200]!r}")
+        key = match.group(1).lower()
+        if key.endswith("*") or key in params:
+            raise ProtocolError(400, f"Unsupported header parameter {key!r}.")
+        quoted = match.group(2)
+        params[key] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else match.group(3)
+        rest = rest[match.end() :]
+        if rest and not rest.startswith(";"):
+            raise ProtocolError(400, f"Malformed header parameters: {value[:200]!r}")
+        rest = rest[1:]
+    return kind.strip().lower(), params
+
+
+def _ends_delimiter_line(body: bytes, position: int) -> bool:
+    """Whether a boundary ending at `position` is followed by optional blanks and CRLF."""
+    end = body.find(b"\n", position)
+    return end != -1 and body[position:end].lstrip(b" \t") == b"\r"
+
+
+def _part_headers(body: bytes, position: int) -> tuple[list[bytes], int]:
+    """The header lines of the part starting at `position` (folded lines joined; lines may end
+    with LF alone, as Go's textproto allows) and where its content starts."""
+    lines: list[bytes] = []
+    while True:
+        end = body.find(b"\n", position)
+        if end == -1:
+            raise ProtocolError(400, "Truncated multipart/form-data body.")
+        line = body[position:end].removesuffix(b"\r")
+        position = end + 1
+        if not line:
+            return lines, position
+        if line[:1] in (b" ", b"\t") and lines:
+            lines[-1] += b" " + line.strip()
+        else:
+            lines.append(line)
 
 
 def multipart_field(body: bytes, content_type: str, name: str) -> str | None:
     """The value of the text field `name` of a multipart/form-data body, or None if absent.
 
-    Walks the part headers with `bytes.find` (no copy of the uploaded file, which may be 25 MB);
-    only the field's own value is copied. A field sent twice is refused: Ollama (Go) reads the
-    first, another parser might read the last, and the allowlist must see what Ollama uses.
+    Walks the parts with `bytes.find` (no copy of the uploaded file, which may be 25 MB); only
+    the field's own value is copied. It must read the field exactly as Ollama (Go's
+    `Request.FormValue`) will, or a key could name one model to the allowlist and another to
+    Ollama; so whatever Go might read differently is refused with 400: the field sent twice, a
+    transfer encoding, bare-LF delimiters, malformed headers. (Go would also read `model` from
+    the query string first: the gateway never forwards it.)
     """
-    if not content_type.lower().startswith("multipart/form-data"):
-        raise ProtocolError(400, "Request body must be multipart/form-data.")
-    match = _BOUNDARY.search(content_type)
-    if not match:
-        raise ProtocolError(400, "multipart/form-data without a boundary.")
-    delimiter = b"--" + (match.group(1) or match.group(2)).encode()
-    position = body.find(delimiter)
+    kind, params = _media_type(content_type)
+    boundary = params.get("boundary")
+    if kind != "multipart/form-data" or not boundary:
+        raise ProtocolError(400, "Request body must be multipart/form-data with a boundary.")
+    dash = b"--" + boundary.encode()
+    position = 0 if body.startswith(dash) else body.find(b"\r\n" + dash) + 2
+    if position == 1 or not _ends_delimiter_line(body, position + len(dash)):
+        raise ProtocolError(400, "multipart/form-data body without a CRLF-ended first boundary.")
     value = None
-    while position != -1:
-        start = position + len(delimiter)
-        if body[start : start + 2] == b"--":
-            break  # the closing delimiter
-        headers_end = body.find(b"\r\n\r\n", start)
-        if headers_end == -1:
-            break
-        following = body.find(b"\r\n" + delimiter, headers_end)
-        if following == -1:
-            raise ProtocolError(400, "Truncated multipart/form-data body.")
-        disposition = _FIELD_NAME.search(body, start, headers_end)
-        if disposition and disposition.group(1).decode(errors="replace") == name:
-            if value is not None:
-                raise ProtocolError(400, f"Field {name!r} is sent more than once.")
+    while not body.startswith(b"--", position + len(dash)):
+        headers, start = _part_headers(body, body.find(b"\n", position) + 1)
+        # The part ends at the next CRLF + boundary that ends its line (or closes the body).
+        search = start
+        while True:
+            following = body.find(b"\r\n" + dash, search)
+            if following == -1:
+                raise ProtocolError(400, "Truncated multipart/form-data body.")
+            after = following + 2 + len(dash)
+            if body.startswith(b"--", after) or _ends_delimiter_line(body, after):
+                break
+            search = following + 1
+        disposition, encoded = None, False
+        for line in headers:
+            key, colon, header_value = line.partition(b":")
+            if not colon:
+                raise ProtocolError(400, "Malformed multipart/form-data part header.")
+            key = key.strip().lower()
+            if key == b"content-disposition" and disposition is None:
+                disposition = header_value.strip().decode("latin-1")
+            encoded = encoded or key == b"content-transfer-encoding"
+        if disposition is not None and _media_type(disposition)[1].get("name") == name:
+            if value is not None or encoded or "filename" in _media_type(disposition)[1]:
+                raise ProtocolError(400, f"Field {name!r} must be sent once, as plain text.")
             try:
-                value = body[headers_end + 4 : following].decode()
+                value = body[start:following].decode()
             except UnicodeDecodeError:
                 raise ProtocolError(400, f"Field {name!r} is not UTF-8 text.") from None
         position = following + 2

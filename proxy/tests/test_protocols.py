@@ -175,6 +175,59 @@ def test_multipart_field_reads_the_model():
     assert protocols.multipart_field(body, 'multipart/form-data; boundary="b b"', "model") == "m"
 
 
+MODEL_PART = b'Content-Disposition: form-data; name="model"'
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "model"),
+    [
+        # Unquoted, escaped and upper-case parameter names, as Go reads them.
+        (b"--x\r\nContent-Disposition: form-data; name=model\r\n\r\nA\r\n--x--\r\n", "", "A"),
+        (b'--x\r\nContent-Disposition: form-data; NAME="mod\\el"\r\n\r\nA\r\n--x--', "", "A"),
+        # A CRLF + boundary that does not end its line is content, not a delimiter.
+        (b"--x\r\n" + MODEL_PART + b"\r\n\r\nA\r\n--xy\r\n--x--\r\n", "", "A\r\n--xy"),
+        # Header lines ending with LF alone, folded header lines.
+        (b'--x\r\nContent-Disposition: form-data;\n name="model"\n\nA\r\n--x--', "", "A"),
+        # A preamble before the first boundary.
+        (b"preamble\r\n--x\r\n" + MODEL_PART + b"\r\n\r\nA\r\n--x--", "", "A"),
+        # The boundary is the `boundary` parameter, not one that ends like it.
+        (
+            b"--x\r\n" + MODEL_PART + b"\r\n\r\nA\r\n--x--",
+            'multipart/form-data; x-boundary="y"; boundary=x',
+            "A",
+        ),
+    ],
+)
+def test_multipart_field_reads_what_go_reads(body, content_type, model):
+    content_type = content_type or "multipart/form-data; boundary=x"
+    assert protocols.multipart_field(body, content_type, "model") == model
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Go ends the first part's headers at the LF-only blank line and reads model B there;
+        # a CRLF-only reader would skip to the second part and read A. Both are seen: refused.
+        b"--x\r\n" + MODEL_PART + b"\n\nB\r\n--x\r\n" + MODEL_PART + b"\r\n\r\nA\r\n--x--",
+        # Decoded by Go's multipart reader, not by us.
+        b"--x\r\n" + MODEL_PART + b"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+        b"=41\r\n--x--",
+        # RFC 2231 names, which Go decodes.
+        b"--x\r\nContent-Disposition: form-data; name*=UTF-8''model\r\n\r\nA\r\n--x--",
+        # A file named like the field.
+        b'--x\r\nContent-Disposition: form-data; name="model"; filename="m"\r\n\r\nA\r\n--x--',
+        # Bare-LF delimiters (Go then switches to LF mode).
+        b"--x\n" + MODEL_PART + b"\n\nA\n--x--\n",
+        # Malformed part headers.
+        b"--x\r\nno colon here\r\n\r\nA\r\n--x--",
+    ],
+)
+def test_multipart_field_refuses_what_go_might_read_otherwise(body):
+    with pytest.raises(ProtocolError) as raised:
+        protocols.multipart_field(body, "multipart/form-data; boundary=x", "model")
+    assert raised.value.status == 400
+
+
 @pytest.mark.parametrize(
     ("body", "content_type"),
     [
