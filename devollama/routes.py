@@ -8,12 +8,13 @@ errors in the shape of the route's API.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import catalog
+from . import catalog, compat
 from .catalog import Catalog
 from .generation import (
     EMBEDDING_DIMENSIONS,
@@ -44,6 +45,17 @@ if TYPE_CHECKING:
     from .server import FakeConfig
 
 BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
+# Ollama's cap on a zstd body once decompressed (maxDecompressedBodySize).
+MAX_DECOMPRESSED_BODY = 8 << 20
+# Routes whose middleware undoes `Content-Encoding: zstd` (Ollama's cloudPassthroughMiddleware
+# and ResponsesMiddleware); other routes, and gzip everywhere, read the body as sent.
+ZSTD_ROUTES = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+)
 ERROR500_MESSAGE = "llama runner process has terminated: exit status 2 (injected by fake ollama)"
 _BLOB_DIGEST = re.compile(r"sha256[:-]([0-9a-fA-F]{64})")
 
@@ -58,12 +70,33 @@ class Call:
     catalog: Catalog
     started: float
 
+    def raw_body(self) -> bytes:
+        """The body as the handler reads it: zstd undone where Ollama's middleware does it."""
+        raw = self.request.body
+        encoding = self.request.headers.get("Content-Encoding", "")
+        if encoding == "zstd" and self.path in ZSTD_ROUTES:
+            import zstandard  # only needed by the routes Codex calls
+
+            try:
+                reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+                parts, size = [], 0
+                while size <= MAX_DECOMPRESSED_BODY and (part := reader.read(1 << 16)):
+                    parts.append(part)
+                    size += len(part)
+                raw = b"".join(parts)
+            except zstandard.ZstdError:
+                raise ApiError(400, "failed to decompress zstd body") from None
+            if len(raw) > MAX_DECOMPRESSED_BODY:
+                raise ApiError(400, "http: request body too large")
+        return raw
+
     def body(self) -> dict:
         """The JSON object body, or a 400 as Ollama words it."""
-        if not self.request.body.strip():
+        raw = self.raw_body()
+        if not raw.strip():
             raise ApiError(400, "missing request body")
         try:
-            body = self.request.json()
+            body = json.loads(raw)
         except ValueError as error:
             raise ApiError(400, f"invalid JSON: {error}") from None
         if not isinstance(body, dict):
@@ -454,6 +487,10 @@ ROUTES: dict[tuple[str, str], Endpoint] = {
     ("POST", "/v1/completions"): v1_completions,
     ("POST", "/v1/embeddings"): v1_embeddings,
     ("GET", "/v1/models"): v1_models,
+    ("GET", "/api/status"): compat.status,
+    ("POST", "/v1/messages"): compat.messages,
+    ("POST", "/v1/responses"): compat.responses,
+    ("POST", "/v1/audio/transcriptions"): compat.transcriptions,
 }
 # Routes with a parameter at the end of the path.
 PREFIX_ROUTES: dict[tuple[str, str], Endpoint] = {
@@ -473,12 +510,40 @@ def _resolve(method: str, path: str) -> Endpoint | None:
     return None
 
 
+# Routes that run a model: they take one of the `parallel` slots (Ollama's scheduler).
+GENERATION_ROUTES = frozenset(
+    {
+        "/api/generate",
+        "/api/chat",
+        "/api/embed",
+        "/api/embeddings",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/messages",
+        "/v1/responses",
+        "/v1/audio/transcriptions",
+    }
+)
+
+
+def error_reply(path: str, error: ApiError) -> Reply:
+    """An error in the shape of the route's API: native, OpenAI, or Anthropic."""
+    if path == "/v1/messages":
+        return compat.anthropic_error(error.status, error.openai_message)
+    return error.reply(path.startswith("/v1/"))
+
+
+def busy_reply(path: str) -> Reply:
+    """What Ollama answers when its queue of pending requests is full."""
+    return error_reply(path, ApiError(503, BUSY_MESSAGE))
+
+
 def dispatch(call: Call) -> Reply:
     """Answer an API call: route it, inject the configured failure, render errors."""
     endpoint = _resolve(call.request.method, call.path)
     if endpoint is None:
         return text_reply(404, NOT_FOUND_TEXT)
-    openai = call.path.startswith("/v1/")
     faulty = call.path.startswith(("/api/", "/v1/"))
     try:
         if faulty and call.config.fail == "hang":
@@ -489,4 +554,4 @@ def dispatch(call: Call) -> Reply:
             raise ApiError(503, BUSY_MESSAGE)
         return endpoint(call)
     except ApiError as error:
-        return error.reply(openai)
+        return error_reply(call.path, error)

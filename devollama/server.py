@@ -23,12 +23,14 @@ import socketserver
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 from .catalog import Catalog
-from .routes import Call, dispatch
+from .routes import GENERATION_ROUTES, Call, busy_reply, dispatch
 from .wire import (
     NOT_FOUND_TEXT,
     ApiError,
@@ -52,7 +54,9 @@ class FakeConfig:
     ``ttft`` delays the first token (or the whole answer when not streaming) of generate, chat
     and completions; ``token_delay`` separates tokens. ``fail`` injects a failure: ``"hang"``
     (never answer until stop/reset), ``"midstream"`` (send 2 chunks, then drop the connection),
-    ``"error500"`` or ``"busy"`` (503).
+    ``"error500"`` or ``"busy"`` (503). ``parallel`` caps the generations running at once (0: no
+    cap), the others wait first come first served, as with ``OLLAMA_NUM_PARALLEL``; beyond
+    ``max_queue`` waiting ones, 503 ``server busy`` (``OLLAMA_MAX_QUEUE``).
     """
 
     ttft: float = 0.0
@@ -61,14 +65,70 @@ class FakeConfig:
     fail: str | None = None
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     version: str = "0.12.3"
+    parallel: int = 0
+    max_queue: int = 512
 
     def __post_init__(self) -> None:
+        for name in ("parallel", "max_queue"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer")
         if self.fail not in (None, *FAILURES):
             raise ValueError(f"fail must be None or one of {', '.join(FAILURES)}: {self.fail!r}")
         if self.ttft < 0 or self.token_delay < 0 or self.tokens < 0:
             raise ValueError("ttft, token_delay and tokens cannot be negative")
         if not isinstance(self.models, list) or not all(isinstance(m, str) for m in self.models):
             raise ValueError("models must be a list of names")
+
+
+class _Slots:
+    """Ollama's scheduler, as far as clients can see it: at most `limit()` generations at once
+    (0: no limit), the others served first come first served; a full queue refuses."""
+
+    def __init__(self, limit: Callable[[], int], max_queue: Callable[[], int]):
+        self._limit = limit
+        self._max_queue = max_queue
+        self._changed = threading.Condition()
+        self._queue: deque[object] = deque()
+        self.running = 0
+        self.max_running = 0
+
+    def _free(self) -> bool:
+        limit = self._limit()
+        return not limit or self.running < limit
+
+    def acquire(self) -> bool:
+        """Wait for a slot; False at once when the queue is full."""
+        with self._changed:
+            if self._queue or not self._free():
+                if len(self._queue) >= self._max_queue():
+                    return False
+                ticket = object()
+                self._queue.append(ticket)
+                self._changed.wait_for(lambda: self._queue[0] is ticket and self._free())
+                self._queue.popleft()
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+            self._changed.notify_all()  # the next in line may fit too
+            return True
+
+    def release(self) -> None:
+        with self._changed:
+            self.running -= 1
+            self._changed.notify_all()
+
+    def counters(self) -> dict:
+        with self._changed:
+            return {
+                "running": self.running,
+                "queued": len(self._queue),
+                "max_running": self.max_running,
+            }
+
+    def reset_peak(self) -> None:
+        with self._changed:
+            self.max_running = self.running
+            self._changed.notify_all()  # a smaller or lifted cap may free waiters
 
 
 class FakeOllama:
@@ -90,6 +150,7 @@ class FakeOllama:
         self._disconnects = 0
         self._release = threading.Event()  # set to free the requests that "hang"
         self._server: _Server | None = None
+        self._slots = _Slots(lambda: self.config.parallel, lambda: self.config.max_queue)
 
     @property
     def url(self) -> str:
@@ -137,6 +198,7 @@ class FakeOllama:
         with self._disconnected:
             self._disconnects = 0
         self._catalog.clear()
+        self._slots.reset_peak()
         released, self._release = self._release, threading.Event()
         released.set()
 
@@ -146,6 +208,7 @@ class FakeOllama:
         if unknown:
             raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
         self.config = dataclasses.replace(self.config, **changes)
+        self._slots.reset_peak()
         return self.config
 
     def wait_for_disconnect(self, timeout: float = 5.0, count: int = 1) -> bool:
@@ -161,6 +224,9 @@ class FakeOllama:
             "config": dataclasses.asdict(self.config),
             "request_count": count,
             "disconnects": self.disconnects,
+            # Generations running now, waiting for a slot, and the most ever run at once
+            # (since the last reset or config change).
+            **self._slots.counters(),
             "requests": [_describe(request) for request in recent],
         }
 
@@ -199,11 +265,13 @@ class FakeOllama:
                 return ApiError(400, str(error)).reply(openai=False)
         return text_reply(404, NOT_FOUND_TEXT)
 
-    def _answer(self, request: RecordedRequest) -> Reply:
+    def _answer(self, request: RecordedRequest, *, busy: bool = False) -> Reply:
         path = unquote(urlsplit(request.path).path)
         if path.startswith("/_fake/"):
             return self._control(request, path)
         self._record(request)
+        if busy:
+            return busy_reply(path)
         # A shallow copy: a request sees one config throughout, while the models list stays
         # shared so that pull/delete edit the live one.
         call = Call(request, path, copy.copy(self.config), self._catalog, time.time())
@@ -286,7 +354,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(400, "Bad Content-Length or chunk size")
             return
         request = RecordedRequest(self.command, self.path, Headers(self.headers.items()), body)
-        self._send(self.server.fake._answer(request))
+        fake = self.server.fake
+        generation = self.command == "POST" and urlsplit(self.path).path in GENERATION_ROUTES
+        # A generation holds its slot until its last byte is written, as a model runner would.
+        slot = fake._slots.acquire() if generation else None
+        try:
+            self._send(fake._answer(request, busy=slot is False))
+        finally:
+            if slot:
+                fake._slots.release()
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
 
@@ -385,6 +461,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokens", type=int, default=5, help="tokens per answer")
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
     parser.add_argument("--fail", choices=FAILURES, help="inject this failure")
+    parser.add_argument("--parallel", type=int, default=0, help="generations at once (0: no limit)")
+    parser.add_argument(
+        "--max-queue", type=int, default=512, help="waiting generations before 503 server busy"
+    )
     parser.add_argument(
         "--models", help="comma-separated model names", default=",".join(DEFAULT_MODELS)
     )
@@ -403,6 +483,8 @@ def main(argv: list[str] | None = None) -> None:
         tokens=args.tokens,
         token_delay=args.token_delay,
         fail=args.fail,
+        parallel=args.parallel,
+        max_queue=args.max_queue,
         models=[name.strip() for name in args.models.split(",") if name.strip()],
     )
     fake = FakeOllama(args.host, args.port, config).start()

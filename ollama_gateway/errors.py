@@ -1,10 +1,12 @@
 """One place that shapes every error the gateway produces.
 
-Three API surfaces, three shapes:
+Four API surfaces, four shapes:
 - management routes (keys, stats): DRF's `{"detail": ...}` / `{"field": [...]}`;
 - native Ollama routes (`/api/*`): `{"error": "message"}`, as Ollama answers;
-- OpenAI-compatible routes (`/v1/*`): `{"error": {"message", "type", "param", "code"}}`, so that
-  the OpenAI SDK raises its proper exception classes.
+- OpenAI-compatible routes (`/v1/*`, Responses included): `{"error": {"message", "type", "param",
+  "code"}}`, so that the OpenAI SDK raises its proper exception classes;
+- Anthropic-compatible routes (`/v1/messages*`): `{"type": "error", "error": {"type", "message"}}`
+  (see proxy/protocols.py), for the `anthropic` SDK and Claude Code.
 A view declares its surface with an `error_surface` attribute.
 """
 
@@ -18,9 +20,12 @@ from django.http import JsonResponse
 from rest_framework import exceptions
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from proxy.protocols import ANTHROPIC, RESPONSES, anthropic_error_body
+
 logger = logging.getLogger("ollama_gateway.errors")
 
 DRF, OLLAMA, OPENAI = "drf", "ollama", "openai"
+__all__ = ["ANTHROPIC", "DRF", "OLLAMA", "OPENAI", "RESPONSES", "error_body", "error_response"]
 
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -28,13 +33,16 @@ _OPENAI_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
     429: "rate_limit_error",
 }
 _OPENAI_CODES = {401: "invalid_api_key", 429: "rate_limit_exceeded"}
 
 
 def error_body(surface: str, status: int, message: str) -> dict:
-    if surface == OPENAI:
+    if surface == ANTHROPIC:
+        return anthropic_error_body(status, message)
+    if surface in (OPENAI, RESPONSES):
         return {
             "error": {
                 "message": message,
@@ -69,6 +77,8 @@ def api_exception_response(exc: exceptions.APIException, surface: str) -> JsonRe
 
 
 def surface_for_path(path: str) -> str:
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return ANTHROPIC
     if path.startswith("/v1/"):
         return OPENAI
     if path.startswith("/api/") and not path.startswith(("/api/keys", "/api/stats", "/api/admin")):

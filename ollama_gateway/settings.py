@@ -5,10 +5,12 @@ documented in `.env.example`. Library code reads `django.conf.settings` at call 
 """
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
 import environ
+from corsheaders.defaults import default_headers as cors_default_headers
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -52,6 +54,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "corsheaders",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -63,6 +66,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Answers CORS preflights itself (no key needed, nothing recorded) and marks allowed origins.
+    "corsheaders.middleware.CorsMiddleware",
     # The admin, its dashboard and the docs only (ollama_gateway/csp.py).
     "ollama_gateway.csp.ContentSecurityPolicyMiddleware",
     "ollama_gateway.middleware.GatewayMiddleware",
@@ -77,12 +82,39 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
+# CORS, as Ollama's OLLAMA_ORIGINS: browser front ends and extensions on these origins may call
+# the API; others get no Access-Control-Allow-Origin. `*` inside an entry matches anything
+# (`chrome-extension://*`).
+_cors_origins = env.list("CORS_ALLOWED_ORIGINS", default=[])
+CORS_ALLOWED_ORIGINS = [origin for origin in _cors_origins if "*" not in origin]
+CORS_ALLOWED_ORIGIN_REGEXES = [
+    "^" + re.escape(origin).replace(r"\*", ".*") + "$" for origin in _cors_origins if "*" in origin
+]
+CORS_URLS_REGEX = r"^/(?:api/|v1/|$)"
+CORS_ALLOW_HEADERS = (
+    *cors_default_headers,
+    "x-api-key",
+    "anthropic-version",
+    "anthropic-beta",
+    "x-request-id",
+)
+CORS_EXPOSE_HEADERS = [
+    "X-Request-ID",
+    "Retry-After",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+]
+
 ROOT_URLCONF = "ollama_gateway.urls"
 WSGI_APPLICATION = "ollama_gateway.wsgi.application"
 ASGI_APPLICATION = "ollama_gateway.asgi.application"
 # The model routes run on the event loop behind these only: each must be async-capable (no
 # thread hop per request). The admin, management API and docs get MIDDLEWARE.
-MODEL_ROUTE_MIDDLEWARE = ["ollama_gateway.middleware.GatewayMiddleware"]
+MODEL_ROUTE_MIDDLEWARE = [
+    "corsheaders.middleware.CorsMiddleware",
+    "ollama_gateway.middleware.GatewayMiddleware",
+]
 # The official clients call /api/generate, never /api/generate/: no redirects on the model API.
 APPEND_SLASH = False
 

@@ -7,7 +7,7 @@ import requests
 from django.conf import settings
 from django.db import connection
 from django.db.utils import Error as DatabaseError
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
@@ -38,6 +38,10 @@ class ServiceInfoView(APIView):
         ),
     )
     def get(self, request):
+        if request.method == "HEAD":
+            # Clients (Claude Code, Ollama's own CLI) probe `HEAD /` first, without a key:
+            # answered as Ollama answers it. (Django routes HEAD here when there is no head().)
+            return HttpResponse("Ollama is running", content_type="text/plain; charset=utf-8")
         return JsonResponse(
             {
                 "name": "ollama-gateway",

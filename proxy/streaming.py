@@ -1,9 +1,10 @@
 """Relaying Ollama's answers to the client as they are produced, and reading usage from them.
 
 Chunks go out exactly as they came in (no re-framing, no buffering). The relay only looks for the
-few lines that carry token counters: the native `"done":true` line, or the OpenAI chunk with
-`"usage"`. A cheap substring test picks them; only those lines are parsed. Until those arrive
-it counts the content lines relayed (Ollama sends one token per line or event), so a stream cut
+few lines that carry token counters: the native `"done":true` line, the OpenAI chunk with
+`"usage"`, and the Anthropic and Responses events that carry usage (see proxy/protocols.py). A
+cheap substring test picks them; only those lines are parsed. Until the final counts arrive it
+counts the content lines relayed (Ollama sends one token per line or event), so a stream cut
 short (the client gone, Ollama dead) is still charged for what it delivered.
 """
 
@@ -14,19 +15,34 @@ import time
 
 from ollama_gateway import runtime
 from ollama_gateway.errors import OPENAI, error_body
+from proxy import protocols
 from proxy.upstream import UpstreamTimeout, UpstreamUnreachable
 from usage import metrics
 from usage.services import ausage_record
 
 logger = logging.getLogger("proxy")
 
+# Anthropic's message_start / message_delta and Responses' response.completed carry `"usage"`,
+# their failure events an `"error"`: the same four substrings find them (each costs every chunk).
 _MARKERS = (b'"done":true', b'"done": true', b'"usage"', b'"error"')
 # A line that carries a token: native chunks and OpenAI deltas.
-_TOKEN_MARKERS = (b'"response"', b'"content"', b'"thinking"', b'"text"', b'"tool_calls"')
+# (Anthropic and Responses deltas: `"delta"`.)
+_TOKEN_MARKERS = (
+    b'"response"',
+    b'"content"',
+    b'"thinking"',
+    b'"text"',
+    b'"tool_calls"',
+    b'"delta"',
+)
 
 
 def read_usage(payload: dict) -> tuple[int | None, int | None]:
-    """(prompt tokens, completion tokens) from a native final chunk or an OpenAI answer."""
+    """(prompt tokens, completion tokens) from a native final chunk, an OpenAI answer, or an
+    Anthropic or Responses event or answer (either count may then be None)."""
+    counted = protocols.usage_from_event(payload)
+    if counted is not None:
+        return counted
     usage = payload.get("usage")
     if isinstance(usage, dict):
         return usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -139,25 +155,27 @@ class StreamRelay:
                 if self.completion_tokens is not None
                 else self.relayed_tokens
             )
-            if self.prompt_tokens is None and self.completion_tokens is None:
-                exchange.prompt_tokens = None
             await runtime.after_response(ausage_record(exchange))
 
     def _scan(self, chunk: bytes) -> None:
         data = self._tail + chunk
         lines = data.split(b"\n")
-        self._tail = lines.pop()[-65536:]
+        self._tail = lines.pop()[-protocols.MAX_EVENT_BYTES :]
         for line in lines:
             if any(marker in line for marker in _MARKERS):
                 payload = _line_payload(line)
                 if not payload:
                     continue
-                if "error" in payload:
+                if protocols.is_failure_event(payload):
                     # Ollama's own report of a failure after streaming began.
                     self.upstream_error = True
                 prompt, completion = read_usage(payload)
+                # Anthropic streams give the two counts in different events.
                 if prompt is not None:
-                    self.prompt_tokens, self.completion_tokens = prompt, completion
+                    self.prompt_tokens = prompt
+                if completion is not None:
+                    self.completion_tokens = completion
+                if prompt is not None or completion is not None:
                     continue
             if any(marker in line for marker in _TOKEN_MARKERS):
                 self.relayed_tokens += 1
@@ -169,5 +187,8 @@ class StreamRelay:
         return b"".join(event + b"\n\n" for event in kept)
 
     def _error_event(self, message: str) -> bytes:
+        event = protocols.stream_error_event(self.surface, 502, message)
+        if event is not None:
+            return event
         body = json.dumps(error_body(self.surface, 502, message)).encode()
         return b"data: " + body + b"\n\n" if self.surface == OPENAI else body + b"\n"

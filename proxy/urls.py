@@ -1,5 +1,6 @@
 """The model API. Ollama's account and cloud routes (/api/me, /api/signout, /api/user/keys/*,
-/api/experimental/*) are deliberately absent: they act on the server owner's ollama.com identity."""
+/api/experimental/web_search, web_fetch, model-recommendations) are refused with 403 for every
+key: they act on the server owner's ollama.com identity (see IdentityRouteView)."""
 
 from asgiref.sync import markcoroutinefunction
 from django.urls import path, re_path
@@ -7,7 +8,17 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, extend_schema_view, inline_serializer
 from rest_framework import serializers
 
-from proxy.views import AdminProxyView, OpenAIModelView, OpenAIProxyView, ProxyView
+from proxy.views import (
+    AdminProxyView,
+    AnthropicProxyView,
+    CountTokensView,
+    IdentityRouteView,
+    OpenAIModelView,
+    OpenAIProxyView,
+    ProxyView,
+    ResponsesProxyView,
+    TranscriptionProxyView,
+)
 
 TAGS = {ProxyView: "Ollama", AdminProxyView: "Model management (admin keys)"}
 
@@ -23,16 +34,36 @@ MODEL_REQUEST = inline_serializer(
 )
 
 
+# The multipart upload of /v1/audio/transcriptions: the gateway reads `model`, Ollama the rest.
+TRANSCRIPTION_REQUEST = inline_serializer(
+    "TranscriptionRequest",
+    {
+        "model": serializers.CharField(help_text="A model this key may use."),
+        "file": serializers.FileField(help_text="The audio, at most 25 MiB."),
+        "response_format": serializers.CharField(required=False, help_text="json or text"),
+        "language": serializers.CharField(required=False),
+        "prompt": serializers.CharField(required=False),
+    },
+)
+
+
 def route(url, view, summary, *, upstream=None, methods=("post",), regex=False, **attrs):
     """The URL pattern of one relayed route, documented in the OpenAPI schema.
 
     `upstream` is the path on Ollama (default: the same path); `attrs` set ProxyView options.
     """
     upstream = upstream or "/" + url
-    tag = "OpenAI-compatible" if issubclass(view, OpenAIProxyView) else TAGS[view]
+    if issubclass(view, OpenAIProxyView):
+        tag = "OpenAI-compatible"
+    elif issubclass(view, AnthropicProxyView):
+        tag = "Anthropic-compatible"
+    else:
+        tag = TAGS[view]
     body = OpenApiTypes.BINARY if attrs.get("raw_body") else OpenApiTypes.OBJECT
     if attrs.get("names_model"):
         body = MODEL_REQUEST
+    if view.multipart:
+        body = {"multipart/form-data": TRANSCRIPTION_REQUEST}
     operation = url.strip("^$").split("/(")[0].replace("/", "_").replace("<path:model>", "model")
     docs = {
         method: extend_schema(
@@ -70,6 +101,7 @@ urlpatterns = [
         "Local models (those this key may use)",
         **{**LIST_MODELS, "methods": ("get", "head")},
     ),
+    route("api/status", ProxyView, "Ollama's cloud status", methods=("get",)),
     route("api/ps", ProxyView, "Loaded models (those this key may use)", **LIST_MODELS),
     route("api/models", ProxyView, "Models this key may use", upstream="/api/tags", **LIST_MODELS),
     model_route("api/generate", ProxyView, "Generate a completion (streams by default)"),
@@ -97,6 +129,24 @@ urlpatterns = [
     model_route("v1/completions", OpenAIProxyView, "Completions"),
     model_route("v1/embeddings", OpenAIProxyView, "Embeddings"),
     route("v1/models", OpenAIProxyView, "Models", methods=("get",), filter_list=("data", "id")),
+    model_route("v1/responses", ResponsesProxyView, "Responses (Codex; zstd bodies accepted)"),
+    model_route(
+        "v1/audio/transcriptions",
+        TranscriptionProxyView,
+        "Transcribe audio (multipart, at most 25 MiB)",
+    ),
+    # Anthropic-compatible API (Claude Code): `?beta=true` and anthropic-* headers accepted.
+    model_route("v1/messages", AnthropicProxyView, "Messages (Anthropic)"),
+    model_route(
+        "v1/messages/count_tokens",
+        CountTokensView,
+        "Count tokens (Anthropic): 404, Ollama cannot count without generating",
+    ),
+    re_path(
+        r"^api/(?:me|signout|user/keys(?:/.*)?|experimental/(?:web_search|web_fetch|"
+        r"model-recommendations))$",
+        extend_schema(exclude=True)(IdentityRouteView).as_view(),
+    ),
     route(
         "v1/models/<path:model>",
         OpenAIModelView,

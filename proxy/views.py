@@ -14,6 +14,7 @@ import logging
 import re
 from urllib.parse import quote
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework import exceptions
@@ -23,13 +24,15 @@ from keys.authentication import ApiKeyAuthentication, acount_auth_failure
 from keys.permissions import IsAdminKey, IsApiKey
 from ollama_gateway import runtime
 from ollama_gateway.errors import (
+    ANTHROPIC,
     DATABASE_UNAVAILABLE,
     OLLAMA,
     OPENAI,
+    RESPONSES,
     api_exception_response,
     error_response,
 )
-from proxy import upstream
+from proxy import protocols, upstream
 from proxy.backends import Lease, abackend_pool
 from proxy.policy import apply_server_policy
 from proxy.streaming import StreamRelay, usage_from_body
@@ -49,8 +52,10 @@ RELAYED_HEADERS = ("Content-Type", "Cache-Control")
 MODEL_NAME = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*(?::[A-Za-z0-9._-]+)?"
 )
-# Client headers worth passing on; everything else (Authorization, cookies, Host...) stays here.
-FORWARDED_HEADERS = ("Content-Type", "Accept", "User-Agent")
+# Client headers worth passing on; everything else (Authorization, X-API-Key, cookies, Host,
+# Content-Encoding: bodies go decoded...) stays here. Ollama ignores the anthropic-* ones today;
+# they are passed on so that a future Ollama can honour them.
+FORWARDED_HEADERS = ("Content-Type", "Accept", "User-Agent", "anthropic-version", "anthropic-beta")
 UNREACHABLE = "Could not reach Ollama."
 # Bodies above this are read and parsed in a thread, so the loop keeps serving meanwhile.
 BIG_BODY = 1024 * 1024
@@ -72,7 +77,7 @@ class BadRequest(Exception):
 
 def not_found_message(surface: str, model: str) -> str:
     """Exactly what Ollama says for a model it does not have, so allowlists do not leak."""
-    if surface == OPENAI:
+    if surface != OLLAMA:
         return f'model "{model}" not found, try pulling it first'
     return f"model '{model}' not found"
 
@@ -135,6 +140,10 @@ class ProxyView(ModelView):
     raw_body = False
     # For list answers: the JSON list to filter by the key's allowlist, and each entry's name key.
     filter_list = None
+    # Whether the body is a multipart form whose `model` field names the model (transcriptions).
+    multipart = False
+    # Largest body accepted (after decompression); None: settings.MAX_REQUEST_BODY_BYTES.
+    max_body_bytes = None
 
     async def get(self, request, **kwargs):
         return await self.relay(request, **kwargs)
@@ -253,7 +262,19 @@ class ProxyView(ModelView):
         return self.parse_body(request)
 
     def parse_body(self, request) -> bytes:
-        body = request.body
+        limit = self.max_body_bytes or settings.MAX_REQUEST_BODY_BYTES
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if (length.isdigit() and int(length) > limit) or len(request.body) > limit:
+            raise BadRequest(413, f"Request body is larger than {limit} bytes.")
+        try:
+            # zstd (Codex) and gzip bodies: read decoded, bounded by the same limit.
+            body = protocols.decode_body(
+                request.body, request.headers.get("Content-Encoding"), limit
+            )
+            if self.multipart:
+                return self.read_multipart(request, body)
+        except protocols.ProtocolError as exc:
+            raise BadRequest(exc.status, exc.message) from None
         if not self.names_model and not body:
             return body
         try:
@@ -272,12 +293,7 @@ class ProxyView(ModelView):
                 raise BadRequest(
                     400, f"Unexpected field {variants[0]!r}: field names are lowercase."
                 )
-            model = payload.get("model") or payload.get("name")
-            if not isinstance(model, str) or not model.strip():
-                raise BadRequest(400, "model is required")
-            request.exchange.model = model
-            if not request.user.allows_model(model):
-                raise BadRequest(404, not_found_message(self.error_surface, model))
+            self.check_model(request, payload.get("model") or payload.get("name"))
         # Server-wide fields from user keys, and the migration aid: see proxy/policy.py.
         sent = apply_server_policy(
             payload, is_admin=request.user.is_admin, route=self.upstream_path
@@ -291,6 +307,20 @@ class ProxyView(ModelView):
                 sent = {**sent, "stream_options": {**(options or {}), "include_usage": True}}
         # Re-serialized only when something changed: otherwise Ollama gets the client's bytes.
         return body if sent is payload else json.dumps(sent).encode()
+
+    def check_model(self, request, model) -> None:
+        """Note the model a request names; one this key may not use does not exist."""
+        if not isinstance(model, str) or not model.strip():
+            raise BadRequest(400, "model is required")
+        request.exchange.model = model
+        if not request.user.allows_model(model):
+            raise BadRequest(404, not_found_message(self.error_surface, model))
+
+    def read_multipart(self, request, body: bytes) -> bytes:
+        """A multipart form (an audio upload): its `model` field checked, its bytes untouched."""
+        model = protocols.multipart_field(body, request.headers.get("Content-Type", ""), "model")
+        self.check_model(request, model)
+        return body
 
     async def stream(self, request, reply, lease):
         """Relay chunk by chunk; the usage record is written when the stream ends."""
@@ -382,6 +412,65 @@ class AdminProxyView(ProxyView):
 
 class OpenAIProxyView(ProxyView):
     error_surface = OPENAI
+
+
+class ResponsesProxyView(OpenAIProxyView):
+    """POST /v1/responses: OpenAI's error shape; a failed stream ends with `response.failed`."""
+
+    error_surface = RESPONSES
+
+
+class TranscriptionProxyView(OpenAIProxyView):
+    """POST /v1/audio/transcriptions: a multipart upload, the model one of its fields."""
+
+    multipart = True
+    max_body_bytes = protocols.TRANSCRIPTION_MAX_BYTES
+
+
+class AnthropicProxyView(ProxyView):
+    """Anthropic's Messages API as Ollama serves it: errors in Anthropic's shape."""
+
+    error_surface = ANTHROPIC
+
+
+class CountTokensView(AnthropicProxyView):
+    """POST /v1/messages/count_tokens: Ollama has no such route, nor any tokenizer route.
+
+    Answered 404 in Anthropic's shape once the key and the model were checked (Claude Code then
+    falls back to its own estimate). A real count would cost a prompt evaluation on the shared
+    server per call; an estimate passed off as a count would be a lie.
+    """
+
+    async def relay(self, request, **kwargs):
+        try:
+            await self.read_body(request)
+        except BadRequest as exc:
+            return error_response(self.error_surface, exc.status, exc.message)
+        return error_response(
+            self.error_surface,
+            404,
+            "count_tokens is not available: Ollama cannot count tokens without running the "
+            "model. Input token counts come with every /v1/messages answer (usage.input_tokens).",
+        )
+
+
+class IdentityRouteView(ModelView):
+    """Ollama's ollama.com-identity routes (/api/me, /api/signout, /api/user/keys/*,
+    /api/experimental/web_search, web_fetch, model-recommendations): refused for every key.
+
+    They act with the server owner's ollama.com account and key (sign out, delete its keys, web
+    searches billed to it): no gateway key, admin or not, speaks for that owner.
+    """
+
+    async def refuse(self, request, **kwargs):
+        return error_response(
+            OLLAMA,
+            403,
+            "This route acts with the Ollama server owner's ollama.com identity: the gateway "
+            "does not relay it.",
+        )
+
+    get = post = put = delete = head = refuse
 
 
 class OpenAIModelView(OpenAIProxyView):

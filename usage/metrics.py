@@ -61,6 +61,8 @@ _ROUTE_PATTERNS = (
     (re.compile(r"^/api/blobs/.*"), "/api/blobs/{digest}"),
     (re.compile(r"^/v1/models/.+"), "/v1/models/{model}"),
     (re.compile(r"^/api/keys/.+"), "/api/keys/{preview}"),
+    # Ollama's ollama.com key route: refused by the gateway, but counted.
+    (re.compile(r"^/api/user/keys/.+"), "/api/user/keys/{key}"),
 )
 
 

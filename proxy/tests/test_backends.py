@@ -237,3 +237,52 @@ def test_two_replicas_three_servers_one_stopped_mid_test(transactional_db, trio,
         for gateway in gateways:
             gateway.terminate()
             gateway.wait(timeout=20)
+
+
+def test_new_protocols_route_by_model_and_fail_over(pooled, trio, user_key):
+    """Anthropic, Responses and transcriptions go to a server with the model, like the others."""
+    auth = {"Authorization": f"Bearer {user_key[1]}"}
+    messages = {"max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    assert (
+        requests.post(
+            f"{pooled}/v1/messages", json={"model": "mistral", **messages}, headers=auth, timeout=15
+        ).status_code
+        == 200
+    )
+    assert (
+        requests.post(
+            f"{pooled}/v1/responses",
+            json={"model": "phi3", "input": "hi"},
+            headers=auth,
+            timeout=15,
+        ).status_code
+        == 200
+    )
+    audio = requests.post(
+        f"{pooled}/v1/audio/transcriptions",
+        files={"file": ("a.wav", b"RIFF0000", "audio/wav")},
+        data={"model": "phi3"},
+        headers=auth,
+        timeout=15,
+    )
+    assert audio.status_code == 200
+
+    def served_by(server):  # the pool's own checks (/api/tags, /api/ps) left out
+        return [r.path for r in server.requests if r.path.startswith("/v1/")]
+
+    assert served_by(trio["b"]) == ["/v1/messages"]
+    assert served_by(trio["c"]) == ["/v1/responses", "/v1/audio/transcriptions"]
+    # llama3.2 loaded on a, then a stops: the Anthropic request is served by b.
+    requests.post(
+        f"{trio['a'].url}/api/generate",
+        json={"model": "llama3.2", "prompt": "x", "stream": False},
+        timeout=5,
+    )
+    backend_pool().check_all()
+    trio["a"].stop()
+    answer = requests.post(
+        f"{pooled}/v1/messages", json={"model": "llama3.2", **messages}, headers=auth, timeout=15
+    )
+    assert answer.status_code == 200 and answer.json()["type"] == "message"
+    records = wait_for_records(2, route="/v1/messages")
+    assert [r.backend for r in records] == [names(trio["b"])] * 2

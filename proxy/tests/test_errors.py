@@ -6,6 +6,8 @@ import time
 import pytest
 import requests
 
+from conftest import wait_for_records
+
 
 @pytest.fixture
 def call(gateway, user_key):
@@ -84,13 +86,34 @@ def test_upstream_errors_pass_through_with_status_and_body(call, fake_ollama, fa
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/me", "/api/signout", "/api/user/keys/abc", "/api/experimental/web_search"]
+    ("method", "path"),
+    [
+        ("POST", "/api/me"),
+        ("POST", "/api/signout"),
+        ("DELETE", "/api/user/keys/abc"),
+        ("POST", "/api/experimental/web_search"),
+        ("POST", "/api/experimental/web_fetch"),
+        ("GET", "/api/experimental/model-recommendations"),
+    ],
 )
-def test_account_and_cloud_routes_are_not_exposed(call, fake_ollama, path):
-    response = call("POST", path, json={})
-    assert response.status_code == 404
-    assert response.json() == {"error": "Not found."}
+def test_account_and_cloud_routes_are_refused_to_every_key(
+    call, fake_ollama, user_key, admin_key, method, path
+):
+    for raw in (user_key[1], admin_key[1]):
+        response = call(method, path, raw=raw, json={})
+        assert response.status_code == 403
+        assert "ollama.com identity" in response.json()["error"]
+    assert call(method, path, raw="ollama-" + "z" * 43).status_code == 401
     assert fake_ollama.requests == []
+
+
+def test_refused_key_routes_mint_no_metric_series(call, gateway):
+    for key in ("first", "second"):
+        assert call("DELETE", f"/api/user/keys/{key}").status_code == 403
+    wait_for_records(2, route__startswith="/api/user/keys/")
+    metrics = requests.get(f"{gateway}/metrics", timeout=10).text
+    assert 'route="/api/user/keys/{key}"' in metrics
+    assert "/api/user/keys/first" not in metrics
 
 
 def test_cloud_models_are_hidden_from_user_keys(call, fake_ollama):

@@ -92,7 +92,7 @@ def test_database_round_trips_per_proxied_request(client, user_key, fake_ollama,
 
 
 def test_unknown_routes_are_not_recorded(gateway, user_key):
-    for path in ("/api/junk", "/v1/nothing/here", "/api/me"):
+    for path in ("/api/junk", "/v1/nothing/here", "/v1/messages/nothing"):
         response = requests.get(f"{gateway}{path}", headers=bearer(user_key[1]), timeout=10)
         assert response.status_code == 404
     assert UsageRecord.objects.count() == 0
