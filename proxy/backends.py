@@ -313,28 +313,43 @@ def _start_checker() -> None:
 
     def run():
         while True:
-            # Re-reading the configuration here keeps the table off the requests' path.
-            pool = backend_pool() if _pool is not None else None
-            # This thread's database connection is not kept between reads.
-            connections.close_all()
+            pool = _pool
             if pool is not None and len(pool.states) > 1:
                 pool.check_all()
-            time.sleep(min(settings.BACKEND_CHECK_INTERVAL, settings.BACKEND_CONFIG_INTERVAL))
+            time.sleep(settings.BACKEND_CHECK_INTERVAL)
 
     _checker = threading.Thread(target=run, name="backend-checks", daemon=True)
     _checker.start()
 
 
 async def abackend_pool() -> BackendPool:
-    """`backend_pool` from the event loop. The background thread keeps the configuration
-    fresh; only a process's first request (or one after a reset) reads it, in a thread."""
+    """`backend_pool` from the event loop, without waiting on the table: a stale configuration
+    serves this request while a thread re-reads it for the next ones. Only a process's first
+    request (or the first after a reset) waits for it, in a thread."""
     pool = _pool
-    if (
-        pool is not None
-        and time.monotonic() - pool.loaded_at < 3 * settings.BACKEND_CONFIG_INTERVAL
-    ):
-        return pool
-    return await asyncio.to_thread(backend_pool)
+    if pool is None:
+        return await asyncio.to_thread(backend_pool)
+    if time.monotonic() - pool.loaded_at >= settings.BACKEND_CONFIG_INTERVAL:
+        _refresh_in_background()
+    return pool
+
+
+_refreshing = threading.Lock()
+
+
+def _refresh_in_background() -> None:
+    if not _refreshing.acquire(blocking=False):
+        return  # one re-read at a time
+
+    def run():
+        try:
+            backend_pool()
+        finally:
+            # This thread's database connection is not kept.
+            connections.close_all()
+            _refreshing.release()
+
+    threading.Thread(target=run, name="backend-config", daemon=True).start()
 
 
 def known_models() -> frozenset:

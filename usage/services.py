@@ -128,7 +128,12 @@ def _write_params(record: UsageRecord) -> tuple[list, list]:
 
 def _write(record: UsageRecord) -> None:
     record_params, rollup_params = _write_params(record)
-    if connection.vendor == "postgresql":
+    if record.key_id is None:
+        # Refused without a valid key (a flood, a guesser): counted in the rollups only, so
+        # such traffic costs a constant number of rows (see usage_record).
+        with connection.cursor() as cursor:
+            cursor.execute(_ROLLUP_UPSERT, rollup_params)
+    elif connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(_RECORD_AND_ROLLUP, record_params + rollup_params)
     else:
@@ -164,7 +169,11 @@ def usage_record(exchange: Exchange) -> None:
     """Write the record of a finished request and add it to its rollups (once per exchange).
 
     One round trip on PostgreSQL (a CTE), one short transaction of two statements on SQLite.
-    A database error is logged, never raised: the answer matters more than its bookkeeping.
+    A request refused without a valid key adds to its hourly and daily rollup rows (key 0) but
+    writes no raw record: a flood of them costs two rows an hour, not one per request, and
+    still shows in the statistics and the dashboard (the failures per address and minute are
+    counted by usage/limits.py). A database error is logged, never raised: the answer matters
+    more than its bookkeeping.
     """
     record = _record_of(exchange)
     if record is None:
@@ -187,8 +196,12 @@ async def ausage_record(exchange: Exchange) -> None:
     if record is None:
         return
     record_params, rollup_params = _write_params(record)
+    if record.key_id is None:
+        sql, params = _ROLLUP_UPSERT, rollup_params  # see _write
+    else:
+        sql, params = _RECORD_AND_ROLLUP, record_params + rollup_params
     try:
-        await db.fetchone(_RECORD_AND_ROLLUP, record_params + rollup_params)
+        await db.fetchone(sql, params)
     except DatabaseError:
         logger.exception("usage record lost", extra={"request_id": record.request_id})
     _observe(record, exchange)

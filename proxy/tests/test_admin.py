@@ -53,11 +53,11 @@ def test_every_change_is_logged_with_the_staff_user(staff, caplog):
 
 
 def test_seeding_validates_ollama_base_url(db, settings):
-    settings.OLLAMA_BASE_URL = "http://127.0.0.1:11434,http://192.168.1.20:11434"
+    settings.OLLAMA_BASE_URL = "http://127.0.0.1:11434,http://127.0.0.2:11434"
     backends_bootstrap()
     assert sorted(Backend.objects.values_list("url", flat=True)) == [
         "http://127.0.0.1:11434",
-        "http://192.168.1.20:11434",
+        "http://127.0.0.2:11434",
     ]
     Backend.objects.all().delete()
     settings.OLLAMA_BASE_URL = "http://127.0.0.1:11434,http://169.254.169.254"

@@ -23,12 +23,15 @@ def staff_client(client, superuser):
 
 
 @pytest.fixture
-def record_usage(db):
-    """Record one finished request as the gateway does: `usage_record` fills the rollups too."""
+def record_usage(db, make_key):
+    """Record one finished request as the gateway does: `usage_record` fills the rollups too.
+    By a key of its own unless `key` is given (`key=None`: refused without a key, which
+    counts in the rollups but writes no raw record)."""
+    default_key = []
 
     def record(
         *,
-        key=None,
+        key="default",
         model="llama3.2",
         status=200,
         latency_ms=100.0,
@@ -37,6 +40,9 @@ def record_usage(db):
         route="/api/chat",
         **fields,
     ) -> Exchange:
+        if key == "default":
+            default_key[:] = default_key or [make_key(name="recorder")[0]]
+            key = default_key[0]
         exchange = Exchange(
             method="POST",
             route=route,

@@ -2,6 +2,7 @@
 with a constant, small number of database round trips."""
 
 import time
+from datetime import timedelta
 
 import pytest
 import requests
@@ -12,7 +13,8 @@ from django.utils import timezone
 from conftest import wait_for_records
 from keys.models import ApiKey
 from proxy.backends import backend_pool
-from usage.models import UsageRecord
+from usage.models import UsageRecord, UsageRollup
+from usage.stats import usage_stats
 
 
 def bearer(raw):
@@ -38,20 +40,21 @@ def test_records_name_their_outcome(gateway, user_key, fake_ollama, settings):
         headers=bearer(raw),
         timeout=10,
     )
-    records = wait_for_records(5)
+    records = wait_for_records(4)
     assert [(r.route, r.status, r.outcome) for r in records] == [
         ("/api/generate", 200, "ok"),
         ("/api/generate", 400, "bad_request"),
         ("/api/pull", 403, "denied"),
-        ("/api/tags", 401, "denied"),
         ("/api/chat", 500, "upstream_error"),
     ]
+    # Refused without a key: no raw record, counted in the rollups of key 0.
+    keyless = UsageRollup.objects.filter(key_pk=0, span=UsageRollup.Span.HOUR).get()
+    assert (keyless.requests, keyless.n_denied) == (1, 1)
     ok = records[0]
     assert ok.key == key and ok.model == "llama3.2"
     assert ok.completion_tokens == 5 and ok.prompt_tokens > 0
     assert ok.client_addr == "127.0.0.1" and len(ok.request_id) == 32
     assert ok.latency_ms > 0 and ok.ttft_ms is None
-    assert records[3].key is None
 
 
 def test_upstream_timeout_is_recorded(gateway, user_key, fake_ollama, settings):
@@ -96,6 +99,29 @@ def test_unknown_routes_are_not_recorded(gateway, user_key):
         response = requests.get(f"{gateway}{path}", headers=bearer(user_key[1]), timeout=10)
         assert response.status_code == 404
     assert UsageRecord.objects.count() == 0
+
+
+def test_an_unauthenticated_flood_costs_a_constant_number_of_rows(gateway, settings):
+    settings.AUTH_FAILURES_PER_MINUTE = 10
+    wrong = bearer("ollama-" + "x" * 43)
+    statuses = [
+        requests.get(f"{gateway}/api/tags", headers=wrong, timeout=10).status_code
+        for _ in range(40)
+    ]
+    assert statuses == [401] * 10 + [429] * 30
+    time.sleep(0.5)  # written after the answers went out
+    assert UsageRecord.objects.count() == 0
+    # One hourly and one daily row, whatever the number of requests; the statistics see them.
+    rows = UsageRollup.objects.filter(key_pk=0)
+    assert rows.count() == 2
+    hourly = rows.get(span=UsageRollup.Span.HOUR)
+    assert (hourly.requests, hourly.n_denied, hourly.n_rate_limited) == (40, 10, 30)
+    totals = usage_stats(start=timezone.now() - timedelta(hours=1), end=timezone.now())["totals"]
+    assert (totals["requests"], totals["outcomes"]["denied"], totals["rate_limited"]) == (
+        40,
+        10,
+        30,
+    )
 
 
 def test_requests_without_credentials_are_slowed_too(gateway, settings, db):
