@@ -57,8 +57,12 @@ MODEL_NAME = re.compile(
 # they are passed on so that a future Ollama can honour them.
 FORWARDED_HEADERS = ("Content-Type", "Accept", "User-Agent", "anthropic-version", "anthropic-beta")
 UNREACHABLE = "Could not reach Ollama."
-# Bodies above this are read and parsed in a thread, so the loop keeps serving meanwhile.
+# Bodies above this are read and parsed in a thread, so the loop keeps serving meanwhile, and
+# at most BIG_BODIES_AT_ONCE at a time per worker: parsing a JSON body takes several times its
+# size in memory, so three 50 MB bodies at once would cost a worker a gigabyte and more.
 BIG_BODY = 1024 * 1024
+BIG_BODIES_AT_ONCE = 2
+_big_bodies: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
 
 _authentication = ApiKeyAuthentication()
 _throttle = KeyRateThrottle()
@@ -258,7 +262,12 @@ class ProxyView(ModelView):
         length = request.META.get("CONTENT_LENGTH") or "0"
         if length.isdigit() and int(length) > BIG_BODY:
             # Read and parsed off the loop; the size was capped by the handler.
-            return await asyncio.to_thread(self.parse_body, request)
+            if not runtime.serving():
+                return await asyncio.to_thread(self.parse_body, request)
+            loop = asyncio.get_running_loop()
+            turn = _big_bodies.setdefault(loop, asyncio.Semaphore(BIG_BODIES_AT_ONCE))
+            async with turn:
+                return await asyncio.to_thread(self.parse_body, request)
         return self.parse_body(request)
 
     def parse_body(self, request) -> bytes:
