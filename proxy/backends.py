@@ -328,7 +328,7 @@ async def abackend_pool() -> BackendPool:
     request (or the first after a reset) waits for it, in a thread."""
     pool = _pool
     if pool is None:
-        return await asyncio.to_thread(backend_pool)
+        return await asyncio.to_thread(_load_closing_connections)
     if time.monotonic() - pool.loaded_at >= settings.BACKEND_CONFIG_INTERVAL:
         _refresh_in_background()
     return pool
@@ -337,16 +337,22 @@ async def abackend_pool() -> BackendPool:
 _refreshing = threading.Lock()
 
 
+def _load_closing_connections() -> BackendPool:
+    """`backend_pool` in a borrowed thread, which keeps no database connection afterwards."""
+    try:
+        return backend_pool()
+    finally:
+        connections.close_all()
+
+
 def _refresh_in_background() -> None:
     if not _refreshing.acquire(blocking=False):
         return  # one re-read at a time
 
     def run():
         try:
-            backend_pool()
+            _load_closing_connections()
         finally:
-            # This thread's database connection is not kept.
-            connections.close_all()
             _refreshing.release()
 
     threading.Thread(target=run, name="backend-config", daemon=True).start()

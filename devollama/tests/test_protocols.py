@@ -217,7 +217,7 @@ def test_probes_and_status(fake):
 
 
 def test_parallel_caps_generations_and_queues_fifo(fake):
-    fake.configure(parallel=2, token_delay=0.1, tokens=4)
+    fake.configure(parallel=2, token_delay=0.25, tokens=4)
     finished = []
 
     def generate(index):
@@ -231,8 +231,8 @@ def test_parallel_caps_generations_and_queues_fifo(fake):
     threads = [threading.Thread(target=generate, args=(i,)) for i in range(6)]
     for thread in threads:
         thread.start()
-        time.sleep(0.03)  # arrival order
-    time.sleep(0.03)
+        time.sleep(0.1)  # arrival order (with room for a busy machine)
+    time.sleep(0.05)
     state = httpx.get(fake.url + "/_fake/state").json()
     assert state["running"] == 2 and state["queued"] == 4
     for thread in threads:

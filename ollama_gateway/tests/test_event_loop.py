@@ -11,16 +11,12 @@ import pytest
 import requests
 from django.db import connection
 
-from conftest import free_port, start_gunicorn, wait_for_records
 from ollama_gateway import db, runtime
+from testsupport import bearer, free_port, start_gunicorn, wait_for_records
 
 postgresql_only = pytest.mark.skipif(
     "connection.vendor != 'postgresql'", reason="the async pool serves PostgreSQL only"
 )
-
-
-def bearer(raw):
-    return {"Authorization": f"Bearer {raw}"}
 
 
 def raw_request(port: int, data: bytes, *, read_timeout: float = 10.0) -> bytes:

@@ -13,12 +13,8 @@ import pytest
 import requests
 from django.db import connection
 
-from conftest import free_port, start_gunicorn
+from testsupport import bearer, free_port, start_gunicorn
 from usage.models import UsageRecord
-
-
-def bearer(raw):
-    return {"Authorization": f"Bearer {raw}"}
 
 
 class TcpProxy:

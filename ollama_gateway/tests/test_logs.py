@@ -6,8 +6,8 @@ import time
 
 import requests
 
-from conftest import free_port, start_gunicorn, wait_for_record
 from ollama_gateway.logs import TextFormatter
+from testsupport import free_port, start_gunicorn, wait_for_record
 
 
 def test_text_line_of_a_request_carries_its_fields(

@@ -6,9 +6,7 @@ import re
 import pytest
 import requests
 
-
-def bearer(raw):
-    return {"Authorization": f"Bearer {raw}"}
+from testsupport import bearer
 
 
 @pytest.mark.parametrize(

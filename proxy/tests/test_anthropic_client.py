@@ -9,7 +9,7 @@ import anthropic
 import httpx
 import pytest
 
-from conftest import wait_for_record, wait_for_records
+from testsupport import wait_for_record, wait_for_records
 
 HELLO = [{"role": "user", "content": "hello there"}]
 WEATHER = {

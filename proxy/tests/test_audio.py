@@ -4,7 +4,7 @@ import openai
 import pytest
 import requests
 
-from conftest import wait_for_records
+from testsupport import wait_for_records
 
 WAV = b"RIFF" + b"\0" * 2000
 

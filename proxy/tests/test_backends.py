@@ -8,9 +8,9 @@ import ollama
 import pytest
 import requests
 
-from conftest import free_port, start_gunicorn, wait_for_records
 from devollama.server import FakeConfig, FakeOllama
 from proxy.backends import backend_pool
+from testsupport import free_port, start_gunicorn, wait_for_records
 
 MODELS = {
     "a": ["llama3.2:latest", "qwen2.5:0.5b"],

@@ -6,7 +6,7 @@ import time
 import pytest
 import requests
 
-from conftest import wait_for_records
+from testsupport import wait_for_records
 
 
 @pytest.fixture

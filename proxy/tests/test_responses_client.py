@@ -10,7 +10,7 @@ import openai
 import pytest
 import zstandard
 
-from conftest import wait_for_record
+from testsupport import wait_for_record
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import ollama
 import pytest
 import requests
 
-from conftest import wait_for_record, wait_for_records
+from testsupport import wait_for_record, wait_for_records
 
 
 def post_stream(url, raw, payload):

@@ -256,7 +256,7 @@ def test_servers_table_sums_every_worker(served, make_key, client, django_user_m
 
     import requests as http
 
-    from conftest import wait_for_records
+    from testsupport import wait_for_records
 
     _, raw = make_key(name="spread")
     client.force_login(django_user_model.objects.create_superuser("root", "r@example.com", None))

@@ -10,12 +10,8 @@ import pytest
 import requests
 from django.utils import timezone
 
-from conftest import wait_for_record, wait_for_records
+from testsupport import bearer, wait_for_record, wait_for_records
 from usage.models import RateCounter, UsageRecord, UsageRollup
-
-
-def bearer(raw):
-    return {"Authorization": f"Bearer {raw}"}
 
 
 def hour_now():

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from conftest import wait_for_records
 from ollama_gateway.logs import JsonFormatter
+from testsupport import wait_for_records
 
 
 def test_metrics_for_allowed_addresses(client, user_key, client_for, fake_ollama):

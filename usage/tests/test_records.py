@@ -10,15 +10,11 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from conftest import wait_for_records
 from keys.models import ApiKey
 from proxy.backends import backend_pool
+from testsupport import bearer, wait_for_records
 from usage.models import UsageRecord, UsageRollup
 from usage.stats import usage_stats
-
-
-def bearer(raw):
-    return {"Authorization": f"Bearer {raw}"}
 
 
 def test_records_name_their_outcome(gateway, user_key, fake_ollama, settings):
