@@ -62,7 +62,7 @@ def _pool() -> AsyncConnectionPool:
         options = settings.DATABASES["default"].get("OPTIONS", {}).get("pool") or {}
         pool = AsyncConnectionPool(
             kwargs=_connect_kwargs(),
-            min_size=options.get("min_size", 2),
+            min_size=options.get("min_size", 1),
             max_size=options.get("max_size", 20),
             timeout=options.get("timeout", 5.0),
             open=False,

@@ -145,7 +145,7 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
     if env.bool("DB_POOL", default=True):
         _db["CONN_MAX_AGE"] = 0
         _db.setdefault("OPTIONS", {})["pool"] = {
-            "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
+            "min_size": env.int("DB_POOL_MIN_SIZE", default=1),
             "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
             "timeout": env.float("DB_POOL_TIMEOUT", default=5.0),
         }

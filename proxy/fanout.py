@@ -17,7 +17,6 @@ from proxy import upstream
 from proxy.backends import CHECK_TIMEOUT
 
 PROGRESS_ROUTES = ("/api/pull", "/api/push", "/api/create")
-UNREACHABLE = "Could not reach Ollama."
 
 
 async def _send(state, method, path, **kwargs):
@@ -55,7 +54,7 @@ async def merged(request, pool, path, filter_list, surface):
         for entry in answer[field]:
             entries.setdefault(str(entry.get(name_key, "")), entry)
     if payload is None:
-        return error_response(surface, 502, UNREACHABLE)
+        return error_response(surface, 502, upstream.UNREACHABLE)
     request.exchange.backend = "*"
     payload[field] = [
         entry for name, entry in sorted(entries.items()) if request.user.allows_model(name)
@@ -82,7 +81,7 @@ async def fan_out(request, states, path: str, body: bytes):
                 await reply.aclose()
                 results.append({"backend": state.name, "status": reply.status, "body": text})
             except (upstream.UpstreamUnreachable, upstream.UpstreamTimeout):
-                results.append({"backend": state.name, "status": 502, "body": UNREACHABLE})
+                results.append({"backend": state.name, "status": 502, "body": upstream.UNREACHABLE})
         failed = [r for r in results if not 200 <= r["status"] < 300]
         if failed:
             message = "; ".join(f"{r['backend']}: {r['body'].strip()}" for r in failed)

@@ -16,6 +16,9 @@ from requests.adapters import HTTPAdapter
 
 from ollama_gateway import runtime
 
+# What a client is told when no Ollama server could be reached (502).
+UNREACHABLE = "Could not reach Ollama."
+
 
 class UpstreamUnreachable(Exception):
     """No answer could be had: connection refused or dropped. Another server may be tried."""

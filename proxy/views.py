@@ -56,7 +56,6 @@ MODEL_NAME = re.compile(
 # Content-Encoding: bodies go decoded...) stays here. Ollama ignores the anthropic-* ones today;
 # they are passed on so that a future Ollama can honour them.
 FORWARDED_HEADERS = ("Content-Type", "Accept", "User-Agent", "anthropic-version", "anthropic-beta")
-UNREACHABLE = "Could not reach Ollama."
 # Bodies above this are read and parsed in a thread, so the loop keeps serving meanwhile, and
 # at most BIG_BODIES_AT_ONCE at a time per worker: parsing a JSON body takes several times its
 # size in memory, so three 50 MB bodies at once would cost a worker a gigabyte and more.
@@ -189,7 +188,7 @@ class ProxyView(ModelView):
             while True:
                 state = backend or await pool.achoose(exchange.model, exclude=tried)
                 if state is None:
-                    return error_response(self.error_surface, 502, UNREACHABLE)
+                    return error_response(self.error_surface, 502, upstream.UNREACHABLE)
                 data = body or None
                 if self.raw_body:
                     data = request._stream  # the spooled upload, streamed with its length
@@ -216,7 +215,7 @@ class ProxyView(ModelView):
                     tried.append(state)
                     if backend is not None or self.raw_body:
                         # A server named by the caller, or a body already consumed: no retry.
-                        return error_response(self.error_surface, 502, UNREACHABLE)
+                        return error_response(self.error_surface, 502, upstream.UNREACHABLE)
                 except upstream.UpstreamTimeout:
                     logger.warning(
                         "upstream timeout on %s", path, extra={"request_id": request.request_id}
