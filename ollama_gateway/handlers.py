@@ -205,6 +205,9 @@ class ModelRoutesHandler(GatewayASGIHandler):
         what it was sent before it accepts more (flow control), so a stalled reader shows
         here, and is cut instead of holding a stream (and a slot on Ollama) forever."""
         timeout = settings.CLIENT_WRITE_TIMEOUT
+        if not response.streaming and not response.has_header("Content-Length"):
+            # Whole answers say their length (Django's CommonMiddleware would; it is not here).
+            response["Content-Length"] = str(len(response.content))
 
         async def timed_send(message):
             try:
