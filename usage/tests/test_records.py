@@ -148,3 +148,22 @@ def test_a_lost_record_never_cuts_a_stream(gateway, user_key, fake_ollama, monke
     while "usage record lost" not in caplog.text and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "usage record lost" in caplog.text
+
+
+def test_a_stream_cut_short_is_charged_for_what_it_delivered(gateway, user_key, fake_ollama):
+    """The client hangs up before Ollama's final counters: the tokens relayed still count."""
+    fake_ollama.configure(tokens=50, token_delay=0.02)
+    response = requests.post(
+        f"{gateway}/api/generate",
+        json={"model": "llama3.2", "prompt": "hi"},
+        headers=bearer(user_key[1]),
+        stream=True,
+        timeout=10,
+    )
+    lines = response.iter_lines()
+    for _ in range(10):
+        next(lines)
+    response.close()
+    (record,) = wait_for_records(1)
+    assert record.outcome == "client_closed"
+    assert 10 <= record.completion_tokens < 50
