@@ -105,6 +105,8 @@ class ModelView(APIView):
             await self.admit(request)
             return await handler(request, *args, **kwargs)
         except exceptions.APIException as exc:
+            if getattr(request, "user", None) is not None:
+                self.note_model(request)
             return api_exception_response(exc, self.error_surface)
         except (OperationalError, InterfaceError) as exc:
             # Keys and limits cannot be checked: fail closed, quickly, and say why.
@@ -117,6 +119,10 @@ class ModelView(APIView):
                 # Its record has nowhere to go; trying would only hold the caller again.
                 request.exchange.recorded = True
             return error_response(self.error_surface, 503, DATABASE_UNAVAILABLE)
+
+    def note_model(self, request) -> None:
+        """A refused request's record names the model it asked for, where that is cheap to
+        know (see ProxyView)."""
 
     async def admit(self, request) -> None:
         admitted = await _authentication.aauthenticate(request)
@@ -150,6 +156,22 @@ class ProxyView(ModelView):
 
     async def get(self, request, **kwargs):
         return await self.relay(request, **kwargs)
+
+    def note_model(self, request) -> None:
+        """A rate-limited (or refused) request was stopped before its body was read: read the
+        model name from a small JSON body for its record (nothing else is done with it)."""
+        if not self.names_model or self.multipart or request.content_type != "application/json":
+            return
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if not length.isdigit() or int(length) > BIG_BODY:
+            return
+        try:
+            payload = json.loads(request.body)
+            model = payload.get("model") or payload.get("name")
+        except (ValueError, RecursionError, AttributeError):
+            return
+        if isinstance(model, str):
+            request.exchange.model = model
 
     post = delete = head = get
 

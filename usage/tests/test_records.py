@@ -167,3 +167,17 @@ def test_a_stream_cut_short_is_charged_for_what_it_delivered(gateway, user_key, 
     (record,) = wait_for_records(1)
     assert record.outcome == "client_closed"
     assert 10 <= record.completion_tokens < 50
+
+
+def test_rate_limited_records_keep_their_model(gateway, make_key, fake_ollama):
+    _, raw = make_key(rate_limit=1)
+    for _ in range(2):
+        answer = requests.post(
+            f"{gateway}/v1/chat/completions",
+            json={"model": "qwen2.5:0.5b", "messages": [{"role": "user", "content": "hi"}]},
+            headers=bearer(raw),
+            timeout=10,
+        )
+    assert answer.status_code == 429
+    records = wait_for_records(2)
+    assert [(r.status, r.model) for r in records] == [(200, "qwen2.5:0.5b"), (429, "qwen2.5:0.5b")]
