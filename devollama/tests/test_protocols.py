@@ -12,7 +12,7 @@ import openai
 import pytest
 import zstandard
 
-from devollama import FakeOllama, token_texts
+from devollama import token_texts
 
 EXPECTED = "".join(token_texts(5))
 WEATHER = {
@@ -20,18 +20,6 @@ WEATHER = {
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
 }
 HELLO = [{"role": "user", "content": "hello there"}]
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeOllama() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server):
-    server.reset()
-    return server
 
 
 @pytest.fixture
@@ -274,7 +262,7 @@ def test_full_queue_answers_server_busy(fake):
 
 
 def test_no_parallel_cap_reports_the_peak(fake):
-    fake.configure(ttft=0.3)
+    fake.configure(ttft=1.5)  # long enough to overlap on a busy machine
     threads = [
         threading.Thread(
             target=httpx.post,

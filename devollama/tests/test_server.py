@@ -35,18 +35,6 @@ WEATHER_TOOL = {
 }
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeOllama() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server):
-    server.reset()
-    return server
-
-
 @pytest.fixture
 def client(fake):
     return ollama.Client(host=fake.url)
