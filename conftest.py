@@ -8,7 +8,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from keys.services import api_key_create
-from testsupport import InProcessGateway, gunicorn_serving
+from testsupport import InProcessGateway, gunicorn_serving, settle
 from testsupport.chromium import CHROMIUM, Chromium
 
 
@@ -71,7 +71,9 @@ def asgi_gateway(django_db_setup, django_db_blocker):
 @pytest.fixture
 def gateway(asgi_gateway, transactional_db, fake_ollama):
     """The gateway served over real HTTP (uvicorn, in this process) in front of the fake."""
-    return asgi_gateway.url
+    yield asgi_gateway.url
+    # Records are written after the answers: let them land before the tables are emptied.
+    settle()
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +89,7 @@ def served(gunicorn_gateway, transactional_db, fake_ollama_server):
     fake_ollama_server.reset()
     yield gunicorn_gateway
     fake_ollama_server.reset()
+    settle()
 
 
 @pytest.fixture(scope="session")

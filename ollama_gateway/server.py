@@ -7,6 +7,8 @@ model routes faster than gunicorn's own ASGI worker; and its flow control (a wri
 the client's buffer is full) is what makes a stalled reader visible to CLIENT_WRITE_TIMEOUT.
 """
 
+import os
+import signal
 import warnings
 
 from django.conf import settings
@@ -79,5 +81,15 @@ class GatewayWorker(UvicornWorker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.config.limit_concurrency = self.cfg.worker_connections
+        self.config.callback_notify = self._notify_unless_orphaned
         self.config.timeout_graceful_shutdown = max(self.cfg.graceful_timeout - 5, 1)
         self.config.proxy_headers = False  # the gateway reads X-Forwarded-For itself
+
+    async def _notify_unless_orphaned(self) -> None:
+        """gunicorn's heartbeat; a worker whose master died (kill -9) shuts down gracefully
+        instead of serving on, holding its port and database connections, forever."""
+        if os.getppid() != self.ppid:
+            self.log.warning("gunicorn master %s is gone: shutting down", self.ppid)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self.notify()

@@ -134,3 +134,28 @@ def gunicorn_serving(fake):
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def settle(timeout: float = 3.0) -> None:
+    """Wait until the gateways' work after the answers (usage records) is done: the in-process
+    server's background tasks, and on PostgreSQL any statement another connection still runs
+    on the test database. Emptying the tables under a record being written can deadlock."""
+    from django.db import connection
+
+    from ollama_gateway import runtime
+
+    deadline = time.monotonic() + timeout
+    time.sleep(0.05)
+    while runtime._tasks and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND state = 'active'"
+            )
+            if cursor.fetchone()[0] == 0:
+                return
+            time.sleep(0.02)

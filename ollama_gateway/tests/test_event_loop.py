@@ -3,8 +3,10 @@ and records that survive a killed database connection or a SIGTERM."""
 
 import concurrent.futures
 import json
+import os
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
@@ -264,3 +266,20 @@ def test_sigterm_records_the_streams_it_has_to_cut(transactional_db, fake_ollama
         fake_ollama_server.reset()
         for stream in streams:
             stream.close()
+
+
+def test_workers_of_a_killed_master_shut_down(transactional_db, fake_ollama_server):
+    """kill -9 of gunicorn's master: its workers notice and leave (port and connections
+    freed) instead of serving on as orphans."""
+    port = free_port()
+    process = start_gunicorn(port, OLLAMA_BASE_URL=fake_ollama_server.url, GUNICORN_TIMEOUT="4")
+    children = subprocess.run(
+        ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert children
+    process.kill()
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{c}") for c in children):
+        time.sleep(0.2)
+    assert not any(os.path.exists(f"/proc/{c}") for c in children)
