@@ -21,8 +21,8 @@ STATS_LABELS = {
 
 
 def _range(values: list[float], fmt) -> str:
-    low, high = min(values), max(values)
-    return fmt(low) if low == high else f"{fmt(low)} - {fmt(high)}"
+    low, high = fmt(min(values)), fmt(max(values))
+    return low if low == high else f"{low} - {high}"
 
 
 def _per_round(results: dict, part: str, *path: str) -> list[float]:
