@@ -12,9 +12,11 @@ import argparse
 import collections
 import json
 import os
+import resource
 import secrets
 import subprocess
 import time
+from pathlib import Path
 
 from bench import processes, streams, system, throughput
 from bench.client import Client
@@ -30,15 +32,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=15.0, help="wrk seconds")
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--rate", type=int, default=250, help="samples per second")
+    parser.add_argument(
+        "--cpu-only",
+        action="store_true",
+        help="no py-spy (it costs CPU of its own): only the CPU seconds by process",
+    )
     parser.add_argument("--idle", action="store_true", help="also sample idle (waiting) stacks")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--synchronous-commit-off",
+        action="store_true",
+        help="an experiment: the profile database without waiting for WAL flushes",
+    )
     parser.add_argument(
         "--database-url", default=os.environ.get("BENCH_PROFILE_DATABASE_URL", DEFAULT_DATABASE_URL)
     )
     return parser
 
 
-def _record(py_spy: str, pid: int, seconds: float, rate: int, idle: bool, out) -> subprocess.Popen:
+def _record(py_spy: str | None, pid: int, seconds: float, rate: int, idle: bool, out):
+    if py_spy is None:
+        return None
     argv = [
         py_spy,
         "record",
@@ -57,6 +71,32 @@ def _record(py_spy: str, pid: int, seconds: float, rate: int, idle: bool, out) -
     if idle:
         argv.append("--idle")
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _cpu_by_process() -> dict[int, tuple[str, float]]:
+    """(command name, CPU seconds used so far) of every live process."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        found[int(entry.name)] = (name, system.cpu_seconds(int(entry.name)))
+    return found
+
+
+def _cpu_used(before: dict, after: dict, labels: dict[int, str]) -> dict[str, float]:
+    """CPU seconds used between two snapshots by the processes alive at the second, by label
+    (or command name); one started meanwhile counts whole. Processes that ended meanwhile are
+    not in it (wrk's CPU comes from this process's children's usage instead)."""
+    used: dict[str, float] = collections.defaultdict(float)
+    for pid, (name, seconds) in after.items():
+        earlier = before[pid][1] if pid in before and before[pid][0] == name else 0.0
+        used[labels.get(pid, name)] += seconds - earlier
+    return {k: round(v, 1) for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v >= 0.1}
 
 
 def summarize(raw: str, top: int) -> dict:
@@ -97,6 +137,12 @@ def main(argv: list[str] | None = None) -> None:
     system.raise_open_files_limit(4 * args.streams + 4096)
     RESULTS.mkdir(parents=True, exist_ok=True)
     processes.database_recreate(args.database_url)
+    if args.synchronous_commit_off:
+        import psycopg
+
+        with psycopg.connect(args.database_url, autocommit=True) as connection:
+            name = connection.info.dbname
+            connection.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
     env = {
         **os.environ,
         "DATABASE_URL": args.database_url,
@@ -114,9 +160,18 @@ def main(argv: list[str] | None = None) -> None:
             with Client(gateway.port, key=key) as warm:
                 for _ in range(200):
                     warm.generate()
+            cpu_before, wall_before = _cpu_by_process(), time.monotonic()
+            children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             if args.load == "wrk":
                 seconds = args.seconds
-                spy = _record(args.py_spy, worker, seconds, args.rate, args.idle, out)
+                spy = _record(
+                    None if args.cpu_only else args.py_spy,
+                    worker,
+                    seconds,
+                    args.rate,
+                    args.idle,
+                    out,
+                )
                 load = throughput.wrk(
                     gateway.port, seconds=seconds, threads=2, connections=32, key=key
                 )
@@ -125,16 +180,37 @@ def main(argv: list[str] | None = None) -> None:
                     config = {"tokens": 20, "token_delay": 0.02}
                     control.call("POST", "/_fake/config", json.dumps(config).encode())
                 seconds = 12
-                spy = _record(args.py_spy, worker, seconds, args.rate, args.idle, out)
+                spy = _record(
+                    None if args.cpu_only else args.py_spy,
+                    worker,
+                    seconds,
+                    args.rate,
+                    args.idle,
+                    out,
+                )
                 time.sleep(0.5)
                 load = streams.run_streams(
                     gateway.port, key=key, count=args.streams, ramp=0.0, timeout=60, spacing=0.02
                 )
                 load = {k: load[k] for k in ("completed", "ttft_ms", "bunched_share", "wall_s")}
-            _, errors = spy.communicate(timeout=seconds + 60)
+            wall = time.monotonic() - wall_before
+            cpu_after = _cpu_by_process()
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)  # before py-spy is waited
+            labels = {fake.pid: "development Ollama", os.getpid(): "load client (this process)"}
+            labels.update({pid: f"gateway worker {pid}" for pid in system.children(gateway.pid)})
+            errors = "" if spy is None else spy.communicate(timeout=seconds + 60)[1]
             cpu = {pid: system.cpu_seconds(pid) for pid in system.children(gateway.pid)}
-    summary = summarize(out.read_text(), args.top)
+    used = _cpu_used(cpu_before, cpu_after, labels)
+    used["wrk (ended child)"] = round(
+        children.ru_utime + children.ru_stime - children_before.ru_utime - children_before.ru_stime,
+        1,
+    )
     print(json.dumps({"load": load, "worker": worker, "cpu_s_workers": cpu}, indent=1))
+    print(f"CPU seconds by command over the load's {wall:.1f} s wall (2 cores = {2 * wall:.0f}):")
+    print(json.dumps(used, indent=1))
+    if spy is None:
+        return
+    summary = summarize(out.read_text(), args.top)
     print(f"py-spy: {summary['samples']} samples ({errors.strip()[-300:]})")
     for kind in ("own", "inclusive"):
         print(f"\n## {kind}")
