@@ -438,6 +438,11 @@ def notes(results: dict) -> list[str]:
         f"{spread['gateway']:g} s via the gateway), "
         f"{streams['tokens']} tokens {streams['spacing_ms']:g} ms apart each. Time to first token "
         "counts from before the connection is opened.",
+        "Time to first token directly is the development Ollama's own time to start 1,000 "
+        "threads on 2 shared cores (0.6-1.2 s between runs): the added figure is the difference "
+        "of two such figures, measured one after the other, and moves by hundreds of "
+        "milliseconds between runs (see performance.md, which also measures it with the streams "
+        "opened over 1-2 s).",
         f"CPU during the gateway's stream run ({wall:g} s wall, {machine['nproc']} cores): gateway "
         f"workers {cpu['gateway_workers']:g} s, development Ollama {cpu['fake']:g} s, client "
         f"{cpu['client']:g} s ({streams['gateway']['client_cpu_percent']:g} % of one core).",
