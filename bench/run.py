@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         "--stream-ramp", type=float, default=0.0, help="seconds over which streams open"
     )
     parser.add_argument(
+        "--stream-check-ramp",
+        type=float,
+        default=2.0,
+        help="also open the streams over this many seconds (0: skip), where the upstream keeps up",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=2, help="latency and throughput rounds (range reported)"
     )
     parser.add_argument("--slow-headers", type=int, default=300, help="header-trickling conns")
@@ -188,6 +194,15 @@ def _streams(args, fake: processes.Server, env: dict, key: str, results: dict) -
             via = streams.run_streams(gateway.port, key=key, timeout=timeout, **run)
         cpu = {pid: system.cpu_seconds(pid) - cpu_before[pid] for pid in cpu_before}
         after = {pid: system.rss_mib(pid) for pid in workers}
+        if args.stream_check_ramp > 0:
+            # At once, the development Ollama's own start-up (~1 s for 1,000 threads) hides the
+            # gateway's; over a ramp it keeps up, and what the gateway adds shows.
+            ramped = {**run, "ramp": args.stream_check_ramp}
+            results["streams_ramped"] = {
+                "ramp_s": args.stream_check_ramp,
+                "direct": streams.run_streams(fake.port, key=None, timeout=timeout, **ramped),
+                "gateway": streams.run_streams(gateway.port, key=key, timeout=timeout, **ramped),
+            }
     results["streams"] = {
         "tokens": args.stream_tokens,
         "spacing_ms": args.token_delay * 1000,
