@@ -473,8 +473,8 @@ def notes(results: dict) -> list[str]:
     extra = (
         [
             f"{errors} of the gateway's answers under wrk were errors (non-2xx or socket): the "
-            "reason is in bench/results/logs/gateway.log (in the 2026-12-05 run: 503s while the "
-            "shared PostgreSQL was at max_connections; see performance.md)."
+            "reason is in bench/results/logs/gateway.log (performance.md discusses those of the "
+            "run it quotes)."
         ]
         if errors
         else []
