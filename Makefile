@@ -12,7 +12,7 @@ test:  ## Lint, migration check and the test suite
 ci:
 	.ci/run
 
-bench:  ## Benchmark against the development Ollama (BENCH_ARGS="--quick", "--write-docs")
+bench:  ## The gateway beside direct and nginx, on the development Ollama (BENCH_ARGS="--quick", "--write-docs")
 	scripts/bench $(BENCH_ARGS)
 
 soak:  ## The long run: mixed load for SOAK_SECONDS (default 600) through two gateway processes

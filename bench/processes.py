@@ -1,5 +1,6 @@
 """Starting and stopping what is measured: the development Ollama, the gateway under gunicorn,
-and the benchmark's own PostgreSQL database.
+nginx as a plain reverse proxy (the baseline of what any proxy adds), and the benchmark's own
+PostgreSQL database.
 
 Every process starts in its own process group and is stopped with its whole group when the
 `with` block ends, however it ends.
@@ -116,7 +117,7 @@ def fake_ollama(*, log: Path) -> Iterator[Server]:
 
 
 @contextlib.contextmanager
-def gateway(*, env: dict, log: Path, workers: int = 2, threads: int = 64) -> Iterator[Server]:
+def gateway(*, env: dict, log: Path, workers: int = 2) -> Iterator[Server]:
     """The gateway under its production gunicorn configuration, with `env` (DATABASE_URL...).
 
     The master migrates the database before the workers start; ready once every worker is up
@@ -129,7 +130,6 @@ def gateway(*, env: dict, log: Path, workers: int = 2, threads: int = 64) -> Ite
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "GUNICORN_WORKERS": str(workers),
-        "GUNICORN_THREADS": str(threads),
         # Only shortens the stop at the end; nothing is running by then.
         "GUNICORN_GRACEFUL_TIMEOUT": "10",
         "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
@@ -148,6 +148,72 @@ def gateway(*, env: dict, log: Path, workers: int = 2, threads: int = 64) -> Ite
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+_NGINX_CONF = """\
+daemon off;
+master_process on;
+worker_processes {workers};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream ollama {{
+        server 127.0.0.1:{upstream};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=2048;
+        keepalive_requests 100000;
+        location / {{
+            proxy_pass http://ollama;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 600s;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_available() -> bool:
+    return shutil.which("nginx") is not None
+
+
+@contextlib.contextmanager
+def nginx(*, upstream: int, log: Path, workers: int = 2) -> Iterator[Server]:
+    """nginx as a plain reverse proxy to 127.0.0.1:`upstream` (keep-alive upstream, no
+    buffering), from a generated configuration in a temporary prefix, on loopback only."""
+    port = free_port()
+    prefix = tempfile.mkdtemp(prefix="bench-nginx-")
+    conf = Path(prefix) / "nginx.conf"
+    conf.write_text(
+        _NGINX_CONF.format(prefix=prefix, upstream=upstream, port=port, workers=workers)
+    )
+    argv = [
+        shutil.which("nginx") or "nginx",
+        "-e",
+        f"{prefix}/error.log",
+        "-c",
+        str(conf),
+        "-p",
+        prefix,
+    ]
+    try:
+        with _process_group(
+            argv, env=dict(os.environ), log=log, ready=lambda _: _answers(port, "/"), timeout=30
+        ) as process:
+            yield Server(port, process.pid)
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
 def database_recreate(url: str) -> None:
     """Drop the database named in `url` (disconnecting its users) and create it empty."""
     name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
@@ -163,9 +229,10 @@ def server_version(url: str) -> str:
         return connection.execute("SHOW server_version").fetchone()[0]
 
 
-def admin_key_create(*, env: dict) -> str:
-    """An admin key with a limit no benchmark reaches, made by the documented command."""
-    command = [sys.executable, "manage.py", "createapikey", "--name", "bench", "--role", "admin"]
+def admin_key_create(*, env: dict, name: str = "bench", role: str = "admin") -> str:
+    """A key (admin by default) with a limit no benchmark reaches, made by the documented
+    command."""
+    command = [sys.executable, "manage.py", "createapikey", "--name", name, "--role", role]
     result = subprocess.run(
         [*command, "--rate-limit", "100000000"],
         cwd=ROOT,

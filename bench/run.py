@@ -1,11 +1,15 @@
 """`python -m bench.run` (via `scripts/bench`): the whole benchmark, in one run.
 
-1. added latency at concurrency 1 and throughput at concurrency 32 (gateway: production config);
-2. concurrent streams and worker memory (gateway with enough threads to hold them);
-3. statistics latency at growing numbers of usage records.
+1. added latency at concurrency 1 and throughput at concurrency 32, directly, through nginx (a
+   plain reverse proxy: what any proxy adds) and through the gateway, in `--rounds` rounds;
+2. concurrent streams and worker memory;
+3. slow clients (trickled headers and bodies) beside another key's requests;
+4. a slow model (non-streamed requests waiting on it) beside /health and the admin API;
+5. statistics latency at growing numbers of usage records.
 
-Each part measures the development Ollama directly and through the gateway. Results print as
-Markdown, go to bench/results/latest.json and, with --write-docs, to docs/benchmarks.md.
+The gateway runs under its production configuration (`gunicorn -c gunicorn.conf.py`, event-loop
+workers) in every part. Results print as Markdown, go to bench/results/latest.json and, with
+--write-docs, to docs/benchmarks.md.
 """
 
 import argparse
@@ -19,7 +23,18 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-from bench import latency, processes, report, routing, seed, stats, streams, system, throughput
+from bench import (
+    latency,
+    processes,
+    report,
+    routing,
+    seed,
+    slow,
+    stats,
+    streams,
+    system,
+    throughput,
+)
 from bench.client import Client
 
 LOGS = processes.ROOT / "bench" / "results" / "logs"
@@ -48,7 +63,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stream-ramp", type=float, default=0.0, help="seconds over which streams open"
     )
-    parser.add_argument("--stream-threads", type=int, default=600, help="gunicorn threads")
+    parser.add_argument(
+        "--stream-check-ramp",
+        type=float,
+        default=2.0,
+        help="also open the streams over this many seconds (0: skip), where the upstream keeps up",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="latency and throughput rounds (range reported)"
+    )
+    parser.add_argument("--slow-headers", type=int, default=300, help="header-trickling conns")
+    parser.add_argument("--slow-bodies", type=int, default=100, help="body-trickling conns")
+    parser.add_argument("--slow-seconds", type=float, help="seconds of trickling (30)")
+    parser.add_argument("--slow-model-requests", type=int, default=100, help="waiting requests")
+    parser.add_argument("--slow-model-ttft", type=float, default=8.0, help="model's delay (s)")
     parser.add_argument("--stats-calls", type=int, help="calls per statistics figure (30)")
     parser.add_argument(
         "--database-url",
@@ -68,6 +96,7 @@ def _options(argv: list[str] | None) -> argparse.Namespace:
     args.requests = args.requests or (500 if quick else 2000)
     args.wrk_seconds = args.wrk_seconds or (5.0 if quick else 10.0)
     args.stats_calls = args.stats_calls or (10 if quick else 30)
+    args.slow_seconds = args.slow_seconds or (15.0 if quick else 30.0)
     return args
 
 
@@ -99,21 +128,50 @@ def _django_setup(env: dict) -> None:
 
 
 def _latency_and_throughput(args, fake: processes.Server, env: dict, results: dict) -> str:
-    with processes.gateway(env=env, log=LOGS / "gateway.log") as gateway:
+    """Direct, nginx (when installed) and gateway side by side, `args.rounds` times."""
+    with contextlib.ExitStack() as stack:
+        gateway = stack.enter_context(processes.gateway(env=env, log=LOGS / "gateway.log"))
         key = processes.admin_key_create(env=env)
-        with Client(fake.port) as direct, Client(gateway.port, key=key) as via:
-            results["latency"] = latency.added_latency(
-                direct, via, requests=args.requests, warmup=max(100, args.requests // 10), block=100
+        ports = {"direct": fake.port}
+        if processes.nginx_available():
+            ports["nginx"] = stack.enter_context(
+                processes.nginx(upstream=fake.port, log=LOGS / "nginx.log")
+            ).port
+        else:
+            _say("note: nginx is not installed: no nginx column")
+        ports["gateway"] = gateway.port
+        rounds = []
+        for number in range(1, args.rounds + 1):
+            _say(f"latency and throughput: round {number} of {args.rounds}")
+            clients = {
+                side: Client(port, key=key if side == "gateway" else None)
+                for side, port in ports.items()
+            }
+            try:
+                measured = latency.added_latency(
+                    clients,
+                    requests=args.requests,
+                    warmup=max(100, args.requests // 10),
+                    block=100,
+                )
+            finally:
+                for client in clients.values():
+                    client.close()
+            rounds.append(
+                {
+                    "latency": measured,
+                    "throughput": throughput.compare(
+                        ports,
+                        key,
+                        seconds=args.wrk_seconds,
+                        warmup=2,
+                        threads=2,
+                        connections=32,
+                    ),
+                }
             )
-        results["throughput"] = throughput.compare(
-            fake.port,
-            gateway.port,
-            key,
-            seconds=args.wrk_seconds,
-            warmup=2,
-            threads=2,
-            connections=32,
-        )
+    results["rounds"] = rounds
+    results["sides"] = list(ports)
     return key
 
 
@@ -122,7 +180,7 @@ def _streams(args, fake: processes.Server, env: dict, key: str, results: dict) -
         config = {"tokens": args.stream_tokens, "token_delay": args.token_delay}
         control.call("POST", "/_fake/config", json.dumps(config).encode())
     log = LOGS / "gateway-streams.log"
-    with processes.gateway(env=env, log=log, threads=args.stream_threads) as gateway:
+    with processes.gateway(env=env, log=log) as gateway:
         workers = system.children(gateway.pid)
         for _ in range(20):  # every worker loads its code before "idle" is read
             with Client(gateway.port, key=key) as warm:
@@ -136,6 +194,15 @@ def _streams(args, fake: processes.Server, env: dict, key: str, results: dict) -
             via = streams.run_streams(gateway.port, key=key, timeout=timeout, **run)
         cpu = {pid: system.cpu_seconds(pid) - cpu_before[pid] for pid in cpu_before}
         after = {pid: system.rss_mib(pid) for pid in workers}
+        if args.stream_check_ramp > 0:
+            # At once, the development Ollama's own start-up (~1 s for 1,000 threads) hides the
+            # gateway's; over a ramp it keeps up, and what the gateway adds shows.
+            ramped = {**run, "ramp": args.stream_check_ramp}
+            results["streams_ramped"] = {
+                "ramp_s": args.stream_check_ramp,
+                "direct": streams.run_streams(fake.port, key=None, timeout=timeout, **ramped),
+                "gateway": streams.run_streams(gateway.port, key=key, timeout=timeout, **ramped),
+            }
     results["streams"] = {
         "tokens": args.stream_tokens,
         "spacing_ms": args.token_delay * 1000,
@@ -154,6 +221,31 @@ def _streams(args, fake: processes.Server, env: dict, key: str, results: dict) -
         "after_mib": {str(pid): after[pid] for pid in workers},
         "samples": sampler.samples,
     }
+
+
+def _slow(args, fake: processes.Server, env: dict, key: str, results: dict) -> None:
+    """Slow clients, then a slow model, on one gateway."""
+    with Client(fake.port) as control:  # fast tokens again: these parts wait on other things
+        control.call("POST", "/_fake/config", json.dumps({"tokens": 5, "token_delay": 0}).encode())
+    other = processes.admin_key_create(env=env, name="bench-other", role="user")
+    with processes.gateway(env=env, log=LOGS / "gateway-slow.log") as gateway:
+        _say(f"slow clients: {args.slow_headers} + {args.slow_bodies} for {args.slow_seconds:g} s")
+        results["slow_clients"] = slow.slow_clients(
+            gateway.port,
+            other,
+            headers=args.slow_headers,
+            bodies=args.slow_bodies,
+            seconds=args.slow_seconds,
+        )
+        _say(f"slow model: {args.slow_model_requests} requests, {args.slow_model_ttft:g} s")
+        with Client(fake.port) as control:
+            results["slow_model"] = slow.slow_model(
+                gateway.port,
+                key,
+                requests=args.slow_model_requests,
+                ttft=args.slow_model_ttft,
+                control=control,
+            )
 
 
 def _statistics(args, env: dict, key: str, results: dict) -> None:
@@ -208,10 +300,10 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {
         "command": shlex.join(["scripts/bench", *(sys.argv[1:] if argv is None else argv)]),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": {"workers": 2, "stream_threads": args.stream_threads, **vars(args)},
+        "config": {"workers": 2, **vars(args)},
         "phases_s": {},
     }
-    soft, _ = system.raise_open_files_limit(4 * args.streams + 1024)
+    soft, _ = system.raise_open_files_limit(4 * args.streams + 4 * args.slow_headers + 4096)
     if soft < 3 * args.streams:
         raise SystemExit(f"open files limit {soft} is too low for {args.streams} streams")
     if system.listen_backlog_cap() < args.streams:
@@ -240,6 +332,8 @@ def main(argv: list[str] | None = None) -> None:
             key = _latency_and_throughput(args, fake, env, results)
         with _phase(phases, "streams and memory"):
             _streams(args, fake, env, key, results)
+        with _phase(phases, "slow clients and slow model"):
+            _slow(args, fake, env, key, results)
         with _phase(phases, "statistics"):
             _statistics(args, env, key, results)
         with _phase(phases, "routing"):

@@ -46,8 +46,7 @@ def wrk(port: int, *, seconds: float, threads: int, connections: int, key: str |
 
 
 def compare(
-    direct_port: int,
-    gateway_port: int,
+    ports: dict[str, int],
     key: str,
     *,
     seconds: float,
@@ -55,12 +54,18 @@ def compare(
     threads: int,
     connections: int,
 ) -> dict:
-    """Direct first, then via the gateway, each after a short warm-up run."""
+    """Each side in turn ("direct" first, then "nginx" if given, then "gateway", which alone
+    gets the key), each after a short warm-up run."""
     runs = {}
-    for side, port, side_key in (("direct", direct_port, None), ("gateway", gateway_port, key)):
+    for side, port in ports.items():
+        side_key = key if side == "gateway" else None
         for duration in (warmup, seconds):
             runs[side] = wrk(
                 port, seconds=duration, threads=threads, connections=connections, key=side_key
             )
-    runs["ratio"] = round(runs["gateway"]["requests_per_s"] / runs["direct"]["requests_per_s"], 3)
+    direct = runs["direct"]["requests_per_s"]
+    for side in ports:
+        if side != "direct":
+            runs[f"{side}_ratio"] = round(runs[side]["requests_per_s"] / direct, 3)
+    runs["ratio"] = runs["gateway_ratio"]
     return runs
