@@ -14,12 +14,13 @@ answers 503 whichever way the statement went.
 """
 
 import asyncio
+import functools
 import logging
 
 import psycopg
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, OperationalError, connection
+from django.db import DatabaseError, OperationalError, connection, connections
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ollama_gateway import runtime
@@ -31,9 +32,17 @@ _pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
 statements_sent = 0
 
 
+@functools.cache
+def wrapper():
+    """Django's database wrapper, for what needs no connection (its vendor, its value
+    adaptation). On the event loop each request is a context of its own, and
+    `django.db.connection` there builds a new wrapper per context: this is built once."""
+    return connections["default"]
+
+
 def pooled() -> bool:
     """Whether this call runs on the async pool (else: `in_thread`)."""
-    return connection.vendor == "postgresql" and runtime.serving()
+    return wrapper().vendor == "postgresql" and runtime.serving()
 
 
 def in_thread(function):
@@ -78,32 +87,39 @@ async def close_pool() -> None:
         await pool.close()
 
 
-async def fetchone(sql: str, params) -> tuple | None:
+async def fetchone(sql: str, params, *, patient: bool = False) -> tuple | None:
     """Run one statement on a pooled connection; its first row (None if it returns none).
 
     A connection found dead (a database restart, a terminated backend) is dropped by the pool
     and the statement is tried once more on a fresh one: records must survive such faults. A
     statement whose connection died after it committed could be counted twice; losing it is
     worse.
+
+    `patient` (work done after the answer went out, like a usage record): a pool timeout or
+    a lost connection is retried for up to a minute, with backoff, instead of failing.
     """
     global statements_sent
     statements_sent += 1
     pool = _pool()
     if pool.closed:
         await pool.open(wait=False)
-    for attempt in (1, 2):
+    attempts = 8 if patient else 2
+    for attempt in range(1, attempts + 1):
         try:
             async with pool.connection() as conn:
                 cursor = await conn.execute(sql, params)
                 return await cursor.fetchone() if cursor.description else None
         except psycopg.OperationalError as exc:
-            # PoolTimeout included: no connection could be had in time.
-            # A pool timeout is not retried: it would only make the caller wait as long again.
-            if attempt == 2 or isinstance(exc, PoolTimeout):
+            # PoolTimeout included: no connection could be had in time. For a caller waiting on
+            # its answer that is not retried: it would only make it wait as long again.
+            if attempt == attempts or (isinstance(exc, PoolTimeout) and not patient):
                 raise OperationalError(str(exc)) from exc
-            logger.warning("database connection lost (%s); retrying once", type(exc).__name__)
-            # Its idle siblings may be dead too (a database restart): drop those first.
-            await pool.check()
+            logger.warning("database statement failed (%s); retrying", type(exc).__name__)
+            if not isinstance(exc, PoolTimeout):
+                # Its idle siblings may be dead too (a database restart): drop those first.
+                await pool.check()
+            if attempt > 1:
+                await asyncio.sleep(min(0.5 * 2 ** (attempt - 2), 8.0))
         except psycopg.Error as exc:
             raise DatabaseError(str(exc)) from exc
     return None  # not reached

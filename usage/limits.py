@@ -81,7 +81,7 @@ def rate_limit_hit(*, key, now: datetime | None = None) -> RateLimitState:
     per hour whatever the number of threads and processes.
     """
     now = now or timezone.now()
-    window = connection.ops.adapt_datetimefield_value(hour_start(now))
+    window = db.wrapper().ops.adapt_datetimefield_value(hour_start(now))
     with connection.cursor() as cursor:
         cursor.execute(_RATE_HIT, [key.pk, window, key.rate_limit])
         row = cursor.fetchone()
@@ -124,7 +124,7 @@ def _key_and_state(row, now) -> tuple[ApiKey | None, RateLimitState | None]:
 
 
 def _lookup_and_count_sync(raw_key: str, now: datetime):
-    if connection.vendor != "postgresql":
+    if db.wrapper().vendor != "postgresql":
         # SQLite: the lookup, then the count (two statements).
         from keys.services import api_key_authenticate
 
@@ -163,7 +163,7 @@ _TOKENS_TODAY = (
 
 
 def _tokens_params(key, now):
-    day = connection.ops.adapt_datetimefield_value(day_start(now or timezone.now()))
+    day = db.wrapper().ops.adapt_datetimefield_value(day_start(now or timezone.now()))
     return [key.pk, UsageRollup.Span.DAY, day]
 
 
@@ -186,7 +186,7 @@ _AUTH_FAILURE_HIT = _counter_increment_sql(
 
 
 def _failure_params(client_addr, now):
-    window = connection.ops.adapt_datetimefield_value(now.replace(second=0, microsecond=0))
+    window = db.wrapper().ops.adapt_datetimefield_value(now.replace(second=0, microsecond=0))
     return [client_addr, window]
 
 

@@ -94,8 +94,66 @@ _ROLLUP_UPSERT = (
         ),
     )
 )
-# PostgreSQL: the record and its rollup in one statement, one round trip, atomically.
-_RECORD_AND_ROLLUP = f"WITH record AS ({_RECORD_INSERT}) {_ROLLUP_UPSERT}"
+
+
+def _pg_rollup_upsert() -> str:
+    """PostgreSQL: the hourly and the daily rollup row of one request, computed in SQL from
+    one small row of values (`counted`), so that the statement has few parameters: psycopg
+    caches the conversion of a statement of at most 50, and prepares it on the server after
+    a few uses. The same sums as `_rollup_params`, which SQLite and the checks use."""
+    table = UsageRollup._meta.db_table
+    indicator = "({})::int"
+    sums = {
+        "requests": "1",
+        "prompt_tokens": "v.prompt_tokens",
+        "completion_tokens": "v.completion_tokens",
+        "latency_ms_sum": "v.latency_ms",
+        "ttft_ms_sum": "COALESCE(v.ttft_ms, 0)",
+        "ttft_count": indicator.format("v.ttft_ms IS NOT NULL"),
+        **{
+            column: indicator.format(f"v.outcome = '{outcome}'")
+            for outcome, column in OUTCOME_COLUMNS.items()
+        },
+        **{column: indicator.format(f"v.bucket = {i}") for i, column in enumerate(LATENCY_COLUMNS)},
+    }
+    columns = ", ".join(_ROLLUP_KEYS + _ROLLUP_SUMS)
+    values = ", ".join(sums[c] for c in _ROLLUP_SUMS)
+    updates = ", ".join(f"{c} = r.{c} + excluded.{c}" for c in _ROLLUP_SUMS)
+    return (
+        f"INSERT INTO {table} AS r ({columns}) "
+        f"SELECT v.key_pk, v.model, s.span, "
+        f"CASE s.span WHEN '{UsageRollup.Span.HOUR}' THEN v.hour ELSE v.day END, {values} "
+        f"FROM counted v CROSS JOIN (VALUES ('{UsageRollup.Span.HOUR}'), "
+        f"('{UsageRollup.Span.DAY}')) AS s(span) "
+        f"ON CONFLICT ({', '.join(_ROLLUP_KEYS)}) DO UPDATE SET {updates}"
+    )
+
+
+_PG_COUNTED = (
+    "WITH counted AS (SELECT %s::bigint AS key_pk, %s::text AS model, %s::text AS outcome, "
+    "%s::int AS bucket, %s::bigint AS prompt_tokens, %s::bigint AS completion_tokens, "
+    "%s::float8 AS latency_ms, %s::float8 AS ttft_ms, %s::timestamptz AS hour, "
+    "%s::timestamptz AS day)"
+)
+# PostgreSQL, one statement, one round trip, atomically: the record and its two rollup rows;
+# or (a request refused without a key) the rollup rows alone.
+_PG_RECORD_AND_ROLLUP = f"{_PG_COUNTED}, record AS ({_RECORD_INSERT}) {_pg_rollup_upsert()}"
+_PG_ROLLUP_ONLY = f"{_PG_COUNTED} {_pg_rollup_upsert()}"
+
+
+def _pg_counted_params(record: UsageRecord) -> list:
+    return [
+        record.key_id or 0,
+        record.model,
+        record.outcome,
+        bisect.bisect_left(LATENCY_BUCKETS_MS, record.latency_ms),
+        record.prompt_tokens or 0,
+        record.completion_tokens or 0,
+        record.latency_ms,
+        record.ttft_ms,
+        hour_start(record.started_at),
+        day_start(record.started_at),
+    ]
 
 
 def _rollup_params(record: UsageRecord, span: str = UsageRollup.Span.HOUR) -> list:
@@ -113,33 +171,34 @@ def _rollup_params(record: UsageRecord, span: str = UsageRollup.Span.HOUR) -> li
         **{column: int(i == bucket) for i, column in enumerate(LATENCY_COLUMNS)},
     }
     start = (day_start if span == UsageRollup.Span.DAY else hour_start)(record.started_at)
-    start = connection.ops.adapt_datetimefield_value(start)
+    start = db.wrapper().ops.adapt_datetimefield_value(start)
     return [record.key_id or 0, record.model, span, start, *(sums[c] for c in _ROLLUP_SUMS)]
 
 
-def _write_params(record: UsageRecord) -> tuple[list, list]:
-    record_params = [
-        f.get_db_prep_save(f.value_from_object(record), connection) for f in _RECORD_FIELDS
-    ]
-    # Its hourly and its daily row, in the same statement.
-    rollup_params = _rollup_params(record) + _rollup_params(record, UsageRollup.Span.DAY)
-    return record_params, rollup_params
+def _record_params(record: UsageRecord) -> list:
+    return [f.get_db_prep_save(f.value_from_object(record), db.wrapper()) for f in _RECORD_FIELDS]
+
+
+def _pg_statement(record: UsageRecord) -> tuple[str, list]:
+    """The one PostgreSQL statement that writes `record` (see usage_record)."""
+    if record.key_id is None:
+        return _PG_ROLLUP_ONLY, _pg_counted_params(record)
+    return _PG_RECORD_AND_ROLLUP, _pg_counted_params(record) + _record_params(record)
 
 
 def _write(record: UsageRecord) -> None:
-    record_params, rollup_params = _write_params(record)
-    if record.key_id is None:
+    if db.wrapper().vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(*_pg_statement(record))
+        return
+    # SQLite: two statements in a short transaction; its hourly and daily rows in one.
+    rollup_params = _rollup_params(record) + _rollup_params(record, UsageRollup.Span.DAY)
+    with transaction.atomic(), connection.cursor() as cursor:
+        if record.key_id is not None:
+            cursor.execute(_RECORD_INSERT, _record_params(record))
         # Refused without a valid key (a flood, a guesser): counted in the rollups only, so
         # such traffic costs a constant number of rows (see usage_record).
-        with connection.cursor() as cursor:
-            cursor.execute(_ROLLUP_UPSERT, rollup_params)
-    elif connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_RECORD_AND_ROLLUP, record_params + rollup_params)
-    else:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(_RECORD_INSERT, record_params)
-            cursor.execute(_ROLLUP_UPSERT, rollup_params)
+        cursor.execute(_ROLLUP_UPSERT, rollup_params)
 
 
 def _record_of(exchange: Exchange) -> UsageRecord | None:
@@ -195,13 +254,8 @@ async def ausage_record(exchange: Exchange) -> None:
     record = _record_of(exchange)
     if record is None:
         return
-    record_params, rollup_params = _write_params(record)
-    if record.key_id is None:
-        sql, params = _ROLLUP_UPSERT, rollup_params  # see _write
-    else:
-        sql, params = _RECORD_AND_ROLLUP, record_params + rollup_params
     try:
-        await db.fetchone(sql, params)
+        await db.fetchone(*_pg_statement(record), patient=True)
     except DatabaseError:
         logger.exception("usage record lost", extra={"request_id": record.request_id})
     _observe(record, exchange)

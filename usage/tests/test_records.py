@@ -131,7 +131,7 @@ def test_a_lost_record_never_cuts_a_stream(gateway, user_key, fake_ollama, monke
     from usage import services
 
     # A real statement that fails, on whichever path the record takes.
-    for name in ("_RECORD_INSERT", "_RECORD_AND_ROLLUP"):
+    for name in ("_RECORD_INSERT", "_PG_RECORD_AND_ROLLUP"):
         monkeypatch.setattr(services, name, "INSERT INTO no_such_table VALUES (1)")
     response = requests.post(
         f"{gateway}/api/generate",
