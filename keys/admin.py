@@ -17,17 +17,38 @@ class ModelListField(forms.CharField):
         return [m.strip() for m in (value or "").split(",") if m.strip()]
 
 
+def priority_field():
+    return forms.TypedChoiceField(
+        choices=ApiKey.Priority.choices,
+        required=False,
+        empty_value=ApiKey.Priority.INTERACTIVE,
+        initial=ApiKey.Priority.INTERACTIVE,
+        help_text="A batch request takes a free slot only when no interactive request waits.",
+    )
+
+
 class ApiKeyCreateForm(forms.ModelForm):
     allowed_models = ModelListField(
         required=False, help_text="Comma-separated model names; empty means all models."
     )
+    priority = priority_field()
     rate_limit = forms.IntegerField(
         required=False, min_value=1, help_text="Requests per hour; empty means the role's default."
     )
 
     class Meta:
         model = ApiKey
-        fields = ["name", "role", "rate_limit", "token_quota", "expires_at", "allowed_models"]
+        fields = [
+            "name",
+            "role",
+            "rate_limit",
+            "token_quota",
+            "max_concurrent",
+            "priority",
+            "tokens_per_minute",
+            "expires_at",
+            "allowed_models",
+        ]
 
     def clean(self):
         cleaned = super().clean()
@@ -44,6 +65,7 @@ class ApiKeyChangeForm(forms.ModelForm):
     allowed_models = ModelListField(
         required=False, help_text="Comma-separated model names; empty means all models."
     )
+    priority = priority_field()
 
     def clean(self):
         cleaned = super().clean()
@@ -59,7 +81,16 @@ class ApiKeyChangeForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["name", "rate_limit", "token_quota", "expires_at", "allowed_models"]
+        fields = [
+            "name",
+            "rate_limit",
+            "token_quota",
+            "max_concurrent",
+            "priority",
+            "tokens_per_minute",
+            "expires_at",
+            "allowed_models",
+        ]
 
 
 @admin.register(ApiKey)
@@ -71,6 +102,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "is_active",
         "rate_limit",
         "token_quota",
+        "max_concurrent",
+        "priority",
         "last_used_at",
         "expires_at",
         "created_at",

@@ -6,7 +6,16 @@ from proxy.models import Backend
 
 @admin.register(Backend)
 class BackendAdmin(admin.ModelAdmin):
-    list_display = ["name", "url", "weight", "enabled", "state", "loaded_models", "in_flight"]
+    list_display = [
+        "name",
+        "url",
+        "weight",
+        "parallel",
+        "enabled",
+        "state",
+        "loaded_models",
+        "in_flight",
+    ]
     list_filter = ["enabled"]
     search_fields = ["name", "url"]
 

@@ -38,6 +38,8 @@ class BackendState:
     url: str
     weight: int
     upstream: Upstream
+    # Generations it runs at once (None: no gateway queue); see usage/queue.py.
+    parallel: int | None = None
     healthy: bool = True
     down_until: float = 0.0
     models: frozenset = frozenset()
@@ -77,6 +79,7 @@ class BackendState:
             "models": sorted(self.models),
             "loaded": sorted(self.loaded),
             "in_flight": self.in_flight,
+            "parallel": self.parallel,
             "requests": self.requests,
             "failures": self.failures,
             "error_rate": 100 * self.failures / self.requests if self.requests else 0.0,
@@ -85,12 +88,14 @@ class BackendState:
 
 class Lease:
     """A request's claim on a server, counted in flight until `release` (idempotent): the one
-    owner of that count, whichever way the request ends."""
+    owner of that count and of the request's queue slot (usage/queue.py), whichever way the
+    request ends."""
 
-    __slots__ = ("_held", "state")
+    __slots__ = ("_held", "slot", "state")
 
-    def __init__(self, state: BackendState):
+    def __init__(self, state: BackendState, slot=None):
         self.state = state
+        self.slot = slot
         state.acquire()
         self._held = True
 
@@ -98,6 +103,8 @@ class Lease:
         if self._held:
             self._held = False
             self.state.release()
+            if self.slot is not None:
+                self.slot.release()
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ class BackendConfig:
     url: str
     weight: int = 1
     credential: str = ""
+    parallel: int | None = None
 
 
 def configured_backends() -> list[BackendConfig]:
@@ -120,6 +128,7 @@ def configured_backends() -> list[BackendConfig]:
                 b.url.rstrip("/"),
                 b.weight,
                 os.environ.get(b.credential_env, "") if b.credential_env else "",
+                b.parallel,
             )
             for b in rows
             if b.enabled
@@ -132,7 +141,7 @@ def settings_backends() -> list[BackendConfig]:
     /health, metrics and records, where internal addresses have no business."""
     urls = [u.strip().rstrip("/") for u in settings.OLLAMA_BASE_URL.split(",") if u.strip()]
     return [
-        BackendConfig(f"ollama-{i}", url, 1, settings.OLLAMA_API_KEY)
+        BackendConfig(f"ollama-{i}", url, 1, settings.OLLAMA_API_KEY, settings.OLLAMA_NUM_PARALLEL)
         for i, url in enumerate(urls, start=1)
     ]
 
@@ -151,6 +160,7 @@ class BackendPool:
             name=config.name,
             url=config.url,
             weight=config.weight,
+            parallel=config.parallel,
             upstream=Upstream(
                 base_url=config.url,
                 api_key=config.credential,

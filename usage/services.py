@@ -22,6 +22,7 @@ from usage.models import (
     ROLLUP_SUM_COLUMNS,
     AuthFailureCounter,
     RateCounter,
+    TokenCounter,
     UsageRecord,
     UsageRollup,
     day_start,
@@ -67,6 +68,8 @@ class Exchange:
     ttft_ms: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Time spent waiting for a slot (usage/queue.py); None when no queue applied.
+    queue_wait_ms: float | None = None
     # A streamed answer is recorded by its relay when it ends, not when the view returns.
     deferred: bool = False
     recorded: bool = False
@@ -96,6 +99,17 @@ _ROLLUP_UPSERT = (
 )
 # PostgreSQL: the record and its rollup in one statement, one round trip, atomically.
 _RECORD_AND_ROLLUP = f"WITH record AS ({_RECORD_INSERT}) {_ROLLUP_UPSERT}"
+# A key with `tokens_per_minute`: its tokens added to the minute's counter too (key, window,
+# tokens). Counted when the request ends, so answers running meanwhile can overshoot the
+# limit, as they can the daily quota.
+_MINUTES = TokenCounter._meta.db_table
+_MINUTE_ADD = (
+    f"INSERT INTO {_MINUTES} AS counter (key_id, window_start, tokens) VALUES (%s, %s, %s) "
+    "ON CONFLICT (key_id, window_start) DO UPDATE SET tokens = counter.tokens + excluded.tokens"
+)
+_RECORD_ROLLUP_AND_MINUTE = (
+    f"WITH record AS ({_RECORD_INSERT}), minute AS ({_MINUTE_ADD}) {_ROLLUP_UPSERT}"
+)
 
 
 def _rollup_params(record: UsageRecord, span: str = UsageRollup.Span.HOUR) -> list:
@@ -126,15 +140,33 @@ def _write_params(record: UsageRecord) -> tuple[list, list]:
     return record_params, rollup_params
 
 
+def _minute_params(record: UsageRecord) -> list | None:
+    """The minute counter's row for a key with `tokens_per_minute` that used tokens."""
+    key = record.key
+    tokens = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
+    if key is None or key.tokens_per_minute is None or not tokens:
+        return None
+    window = timezone.now().replace(second=0, microsecond=0)
+    return [key.pk, connection.ops.adapt_datetimefield_value(window), tokens]
+
+
 def _write(record: UsageRecord) -> None:
     record_params, rollup_params = _write_params(record)
+    minute_params = _minute_params(record)
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute(_RECORD_AND_ROLLUP, record_params + rollup_params)
+            if minute_params:
+                cursor.execute(
+                    _RECORD_ROLLUP_AND_MINUTE, record_params + minute_params + rollup_params
+                )
+            else:
+                cursor.execute(_RECORD_AND_ROLLUP, record_params + rollup_params)
     else:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(_RECORD_INSERT, record_params)
             cursor.execute(_ROLLUP_UPSERT, rollup_params)
+            if minute_params:
+                cursor.execute(_MINUTE_ADD, minute_params)
 
 
 def _record_of(exchange: Exchange) -> UsageRecord | None:
@@ -155,6 +187,7 @@ def _record_of(exchange: Exchange) -> UsageRecord | None:
         ttft_ms=exchange.ttft_ms,
         prompt_tokens=exchange.prompt_tokens,
         completion_tokens=exchange.completion_tokens,
+        queue_wait_ms=exchange.queue_wait_ms,
         request_id=exchange.request_id,
         client_addr=exchange.client_addr,
     )
@@ -187,8 +220,15 @@ async def ausage_record(exchange: Exchange) -> None:
     if record is None:
         return
     record_params, rollup_params = _write_params(record)
+    minute_params = _minute_params(record)
     try:
-        await db.fetchone(_RECORD_AND_ROLLUP, record_params + rollup_params)
+        if minute_params:
+            # Still one round trip: the minute's counter is one more CTE.
+            await db.fetchone(
+                _RECORD_ROLLUP_AND_MINUTE, record_params + minute_params + rollup_params
+            )
+        else:
+            await db.fetchone(_RECORD_AND_ROLLUP, record_params + rollup_params)
     except DatabaseError:
         logger.exception("usage record lost", extra={"request_id": record.request_id})
     _observe(record, exchange)
@@ -238,6 +278,7 @@ def usage_prune(*, older_than: timedelta, batch_size: int = 10_000, pause: float
         if pause:
             time.sleep(pause)
     RateCounter.objects.filter(window_start__lt=timezone.now() - timedelta(hours=2)).delete()
+    TokenCounter.objects.filter(window_start__lt=timezone.now() - timedelta(minutes=10)).delete()
     AuthFailureCounter.objects.filter(
         window_start__lt=timezone.now() - timedelta(minutes=10)
     ).delete()
