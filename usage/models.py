@@ -243,3 +243,16 @@ class Slot(models.Model):
     def __str__(self):
         state = "running" if self.granted_at else "waiting"
         return f"{self.backend} key {self.key_id} {state}"
+
+
+class QueueTurn(models.Model):
+    """When each key last got a slot through the queue: saturating keys take turns."""
+
+    key_id = models.BigIntegerField(primary_key=True)
+    granted_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "usage_queue_turn"
+
+    def __str__(self):
+        return f"key {self.key_id} last served {self.granted_at:%H:%M:%S}"

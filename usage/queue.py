@@ -6,7 +6,8 @@ gives the slot back with the request's backend lease (`proxy.backends.Lease`), w
 request ends. When no slot is free the request waits, holding a socket and a future: no thread,
 no database connection. When a slot frees, the waiting request of the key with the fewest
 generations running goes next, then interactive before batch, then first come; a batch request
-waits while an interactive one waits for the same server.
+waits while an interactive one waits for the same server. Among keys still tied, the one served
+least recently goes first, so saturating keys take turns.
 
 PostgreSQL (the ASGI server's pool): the state is the `usage_slot` table, shared by every
 process and replica, and every decision is one call of a function of migration
@@ -282,6 +283,8 @@ class _Memory(_Scheduler):
         self.lock = threading.Lock()
         self.entries: dict[int, _Entry] = {}
         self.arrivals = 0
+        # Per key, when it last got a slot through the queue (a grant counter): turns.
+        self.turns: dict[int, int] = {}
 
     def _running(self, **where) -> int:
         ((name, value),) = where.items()
@@ -318,10 +321,13 @@ class _Memory(_Scheduler):
                 key=lambda c: (
                     self._running(key_id=c[1].key_id),
                     c[1].priority != INTERACTIVE,
+                    self.turns.get(c[1].key_id, -1),
                     c[1].order,
                 ),
             )
             entry.granted = True
+            self.arrivals += 1
+            self.turns[entry.key_id] = self.arrivals
             woken = self.waiting.get(slot_id)
             if woken is not None and entry.loop is not None:
                 entry.loop.call_soon_threadsafe(self._wake, woken)

@@ -9,12 +9,14 @@ LOCK = 0x6A7E0
 
 # Which waiting request goes next, one at a time while one can: a key under its cap on a server
 # with a free slot; the key with the fewest generations running first, then interactive before
-# batch, then first come. A batch request waits while an interactive one (not held back by its
+# batch, then the key served least recently (so saturating keys take turns even on a server
+# with one slot, where "fewest running" is always a tie), then first come. A batch request waits while an interactive one (not held back by its
 # own key's cap) waits for the same server. Expired leases (a killed process) are reaped first.
 GRANT = """
 CREATE OR REPLACE FUNCTION gateway_queue_grant() RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     chosen bigint;
+    chosen_key bigint;
 BEGIN
     DELETE FROM usage_slot WHERE expires_at < now();
     LOOP
@@ -36,10 +38,16 @@ BEGIN
                       ) < i.max_concurrent)))
         ORDER BY (SELECT count(*) FROM usage_slot s
                   WHERE s.key_id = w.key_id AND s.granted_at IS NOT NULL),
-                 w.priority <> 'interactive', w.enqueued_at, w.id
+                 w.priority <> 'interactive',
+                 (SELECT t.granted_at FROM usage_queue_turn t WHERE t.key_id = w.key_id)
+                     NULLS FIRST,
+                 w.enqueued_at, w.id
         LIMIT 1;
         EXIT WHEN chosen IS NULL;
-        UPDATE usage_slot SET granted_at = clock_timestamp() WHERE id = chosen;
+        UPDATE usage_slot SET granted_at = clock_timestamp() WHERE id = chosen
+        RETURNING key_id INTO chosen_key;
+        INSERT INTO usage_queue_turn (key_id, granted_at) VALUES (chosen_key, clock_timestamp())
+        ON CONFLICT (key_id) DO UPDATE SET granted_at = excluded.granted_at;
         PERFORM pg_notify('gateway_queue', chosen::text);
     END LOOP;
 END $$;
