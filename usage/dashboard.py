@@ -16,6 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from proxy.backends import backend_pool
+from usage.queue import queue_snapshot
 from usage.serializers import StatsQuerySerializer
 from usage.stats import usage_stats
 from usage.views import usage_csv_response
@@ -88,6 +89,9 @@ def dashboard_view(request, model_admin):
         "timezone": timezone.get_current_timezone_name(),
         # As this process sees them: health and in-flight counts are per gateway process.
         "backends": [state.summary() for state in backend_pool().states],
+        "queue_servers": queue_servers(),
+        # Wait by key: the rollups' queue sums, like every other number of the page.
+        "queue_waits": [row for row in stats.get("by_key", []) if row["queued"]],
     }
     return TemplateResponse(request, "admin/usage/usagerecord/dashboard.html", context)
 
@@ -102,6 +106,21 @@ def dashboard_csv_view(request, model_admin):
 
 
 # --- What the page shows -----------------------------------------------------------------------
+
+
+def queue_servers() -> list[dict]:
+    """Each server's GPU queue now (usage/queue.py): slots, running, waiting; on PostgreSQL
+    from the shared table, so every gateway process is counted."""
+    live = {row["backend"]: row for row in queue_snapshot()}
+    return [
+        {
+            "name": state.name,
+            "parallel": state.parallel,
+            "running": live.get(state.name, {}).get("running", 0),
+            "waiting": live.get(state.name, {}).get("waiting", 0),
+        }
+        for state in backend_pool().states
+    ]
 
 
 def total_cards(totals: dict) -> list[list[tuple[str, str, str]]]:

@@ -91,6 +91,8 @@ ROLLUP_SUM_COLUMNS = (
     "latency_ms_sum",
     "ttft_ms_sum",
     "ttft_count",
+    "queue_wait_ms_sum",
+    "queue_count",
     *OUTCOME_COLUMNS.values(),
     *LATENCY_COLUMNS,
 )
@@ -121,6 +123,9 @@ class UsageRollup(models.Model):
     latency_ms_sum = models.FloatField(default=0)
     ttft_ms_sum = models.FloatField(default=0)
     ttft_count = models.PositiveBigIntegerField(default=0)
+    # Requests that went through the GPU queue (usage/queue.py) and their total wait.
+    queue_wait_ms_sum = models.FloatField(default=0)
+    queue_count = models.PositiveBigIntegerField(default=0)
     # One counter per outcome (n_ok, n_upstream_error, ...) and per latency bucket.
     locals().update(
         {column: models.PositiveBigIntegerField(default=0) for column in OUTCOME_COLUMNS.values()}

@@ -93,12 +93,15 @@ async def slot_acquire(*, key, state, exchange=None) -> Slot | None:
         return None
     scheduler = _scheduler()
     started = time.monotonic()
-    slot_id = await scheduler.acquire(key, state)
-    slot = Slot(slot_id, scheduler, waited=time.monotonic() - started)
-    metrics.QUEUE_WAIT.labels(state.name).observe(slot.waited)
-    if exchange is not None:
-        exchange.queue_wait_ms = slot.waited * 1000
-    return slot
+    try:
+        slot_id = await scheduler.acquire(key, state)
+    finally:
+        # Recorded however the wait ended (a queue timeout included).
+        waited = time.monotonic() - started
+        metrics.QUEUE_WAIT.labels(state.name).observe(waited)
+        if exchange is not None:
+            exchange.queue_wait_ms = waited * 1000
+    return Slot(slot_id, scheduler, waited=waited)
 
 
 class _Scheduler:

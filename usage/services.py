@@ -123,6 +123,8 @@ def _rollup_params(record: UsageRecord, span: str = UsageRollup.Span.HOUR) -> li
         "latency_ms_sum": record.latency_ms,
         "ttft_ms_sum": record.ttft_ms or 0.0,
         "ttft_count": 1 if record.ttft_ms is not None else 0,
+        "queue_wait_ms_sum": record.queue_wait_ms or 0.0,
+        "queue_count": 1 if record.queue_wait_ms is not None else 0,
         **{column: int(outcome == record.outcome) for outcome, column in OUTCOME_COLUMNS.items()},
         **{column: int(i == bucket) for i, column in enumerate(LATENCY_COLUMNS)},
     }

@@ -105,3 +105,21 @@ def test_editing_validates_like_creating(staff, make_key):
     assert saved.status_code == 302
     key.refresh_from_db()
     assert key.rate_limit == 7
+
+
+def test_create_sets_the_gpu_sharing_fields(staff):
+    response = staff.post(
+        "/admin/keys/apikey/add/",
+        {
+            "name": "nightly",
+            "role": "user",
+            "max_concurrent": "2",
+            "priority": "batch",
+            "tokens_per_minute": "1000",
+            "expires_at_0": "",
+            "expires_at_1": "",
+        },
+    )
+    assert response.status_code == 200
+    key = ApiKey.objects.get(name="nightly")
+    assert (key.max_concurrent, key.priority, key.tokens_per_minute) == (2, "batch", 1000)

@@ -224,3 +224,22 @@ def test_dashboard_shows_each_ollama_server(staff_client, settings, fake_ollama)
     assert "ollama-1" in backends and "ollama-2" in backends
     assert "127.0.0.1" not in backends
     assert backends.count("<strong>down</strong>") == 1
+
+
+def test_dashboard_shows_the_queue_by_server_and_wait_by_key(
+    staff_client, record_usage, make_key, settings
+):
+    settings.OLLAMA_NUM_PARALLEL = 2
+    alice, _ = make_key(name="alice")
+    bob, _ = make_key(name="bob")
+    record_usage(key=alice, queue_wait_ms=100.0)
+    record_usage(key=alice, queue_wait_ms=300.0)
+    record_usage(key=bob)  # no queue: not listed
+    page = staff_client.get(DASHBOARD).content.decode()
+    queue = page[page.index('id="queue"') :]
+    assert "ollama-1" in queue
+    servers = queue[: queue.index('id="queue-waits"')]
+    assert re.search(r"<td>ollama-1</td>\s*<td[^>]*>2</td>\s*<td[^>]*>0</td>", servers)
+    waits = queue[queue.index('id="queue-waits"') :]
+    assert "alice" in waits and "bob" not in waits
+    assert re.search(r">2</td>\s*<td[^>]*>200</td>", waits)
