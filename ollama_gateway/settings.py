@@ -217,6 +217,8 @@ OLLAMA_POOL_SIZE = env.int("OLLAMA_POOL_SIZE", default=256)
 # table (editable in the admin) and the gateway queues the rest fairly across keys. Unset: no
 # gateway queue. A request that waited QUEUE_TIMEOUT seconds gets 429 (its key's cap) or 503.
 OLLAMA_NUM_PARALLEL = env.int("OLLAMA_NUM_PARALLEL", default=None)
+if OLLAMA_NUM_PARALLEL is not None and OLLAMA_NUM_PARALLEL < 1:
+    raise ImproperlyConfigured("OLLAMA_NUM_PARALLEL must be at least 1 (or unset: no queue).")
 QUEUE_TIMEOUT = env.float("QUEUE_TIMEOUT", default=120.0)
 # A process renews its slots every third of QUEUE_LEASE_SECONDS: a killed process's slots come
 # back within it. A waiting request re-checks the queue every QUEUE_RECHECK_SECONDS in case a

@@ -128,7 +128,12 @@ BEGIN
 END $$;
 """
 
-FUNCTIONS = (GRANT, ENTER, RELEASE, LEAVE, CHECK)
+# The queue's rows are leases that expire within seconds: written without WAL, a decision
+# commits without waiting for a disk flush (the empty-queue check drops from ~0.35 ms to
+# ~0.1 ms). A database crash empties them, as it ends every request they describe.
+UNLOGGED = "ALTER TABLE usage_slot SET UNLOGGED; ALTER TABLE usage_queue_turn SET UNLOGGED;"
+LOGGED = "ALTER TABLE usage_slot SET LOGGED; ALTER TABLE usage_queue_turn SET LOGGED;"
+FUNCTIONS = (UNLOGGED, GRANT, ENTER, RELEASE, LEAVE, CHECK)
 DROP = """
 DROP FUNCTION IF EXISTS gateway_queue_check(bigint);
 DROP FUNCTION IF EXISTS gateway_queue_leave(bigint, bigint);
@@ -136,7 +141,7 @@ DROP FUNCTION IF EXISTS gateway_queue_release(bigint);
 DROP FUNCTION IF EXISTS gateway_queue_enter(
     bigint, text, bigint, text, integer, integer, text, double precision);
 DROP FUNCTION IF EXISTS gateway_queue_grant();
-"""
+""" + LOGGED
 
 
 def create(apps, schema_editor):
