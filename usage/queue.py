@@ -44,6 +44,7 @@ from usage.limits import RateLimited
 logger = logging.getLogger("usage.queue")
 
 CHANNEL = "gateway_queue"
+DEGRADED_RECHECK_SECONDS = 0.5
 INTERACTIVE = "interactive"
 
 
@@ -138,7 +139,7 @@ class _Scheduler:
                         )
                     raise ServersBusy(_retry_after())
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(remaining, settings.QUEUE_RECHECK_SECONDS)):
+                    async with asyncio.timeout(min(remaining, self.recheck_interval())):
                         await asyncio.shield(woken)
                     in_queue = False
                     return slot_id
@@ -152,6 +153,9 @@ class _Scheduler:
             self.waiting.pop(slot_id, None)
             if queued:
                 metrics.QUEUE_DEPTH.labels(state.name).dec()
+
+    def recheck_interval(self) -> float:
+        return settings.QUEUE_RECHECK_SECONDS
 
     def wake(self, slot_id: int) -> None:
         woken = self.waiting.get(slot_id)
@@ -172,16 +176,29 @@ class _Postgres(_Scheduler):
         self.held: set[int] = set()
         self.listening = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
+        self.first_listen = 0.0
 
     async def started(self) -> None:
         if not self.tasks:
             loop = asyncio.get_running_loop()
             self.tasks = [loop.create_task(self._listen()), loop.create_task(self._renew())]
-        if not self.listening.is_set():
-            # The first queued request of a process waits for its LISTEN, so no grant is missed.
+            self.first_listen = time.monotonic() + 5
+        elif self.tasks[0].done():  # the listener failed on something unforeseen: again
+            self.tasks[0] = asyncio.get_running_loop().create_task(self._listen())
+        # A process's first generations wait (5 s at most) for its LISTEN, so that no grant
+        # goes unheard. Later, while the listener reconnects, requests rely on their re-checks.
+        remaining = self.first_listen - time.monotonic()
+        if remaining > 0 and not self.listening.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
+                async with asyncio.timeout(remaining):
                     await self.listening.wait()
+
+    def recheck_interval(self) -> float:
+        # Without a listening connection (the database refused one, or it is reconnecting)
+        # no wake-up comes: waiting requests re-check often until it is back.
+        if self.listening.is_set():
+            return settings.QUEUE_RECHECK_SECONDS
+        return min(settings.QUEUE_RECHECK_SECONDS, DEGRADED_RECHECK_SECONDS)
 
     async def enter(self, slot_id, key, state) -> bool:
         self.held.add(slot_id)
@@ -232,14 +249,28 @@ class _Postgres(_Scheduler):
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()
+                    if self.waiting:
+                        # Grants sent while nobody listened: look them up once.
+                        runtime.spawn(self._wake_granted())
                     async for note in conn.notifies():
                         with contextlib.suppress(ValueError):
                             self.wake(int(note.payload))
-            except psycopg.Error as exc:
+            except (psycopg.Error, OSError) as exc:
                 logger.warning("queue listener lost its connection (%s)", type(exc).__name__)
-            self.listening.clear()
+            finally:
+                self.listening.clear()
             # Waiting requests re-check meanwhile; the next grant decision is theirs too.
             await asyncio.sleep(1)
+
+    async def _wake_granted(self) -> None:
+        with contextlib.suppress(DatabaseError):
+            row = await db.fetchone(
+                "SELECT array_agg(id) FROM usage_slot "
+                "WHERE id = ANY(%s) AND granted_at IS NOT NULL",
+                [list(self.waiting)],
+            )
+            for slot_id in row[0] or ():
+                self.wake(slot_id)
 
     async def _renew(self) -> None:
         interval = settings.QUEUE_LEASE_SECONDS / 3
