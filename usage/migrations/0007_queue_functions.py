@@ -128,13 +128,26 @@ BEGIN
 END $$;
 """
 
+# A process renews its leases; under the queue's lock, like every write, so that it never
+# contends with a decision reaping or granting the same rows (no deadlock).
+RENEW = f"""
+CREATE OR REPLACE FUNCTION gateway_queue_renew(p_holder text, p_lease double precision)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock({LOCK});
+    UPDATE usage_slot SET expires_at = now() + make_interval(secs => p_lease)
+    WHERE holder = p_holder;
+END $$;
+"""
+
 # The queue's rows are leases that expire within seconds: written without WAL, a decision
 # commits without waiting for a disk flush (the empty-queue check drops from ~0.35 ms to
 # ~0.1 ms). A database crash empties them, as it ends every request they describe.
 UNLOGGED = "ALTER TABLE usage_slot SET UNLOGGED; ALTER TABLE usage_queue_turn SET UNLOGGED;"
 LOGGED = "ALTER TABLE usage_slot SET LOGGED; ALTER TABLE usage_queue_turn SET LOGGED;"
-FUNCTIONS = (UNLOGGED, GRANT, ENTER, RELEASE, LEAVE, CHECK)
+FUNCTIONS = (UNLOGGED, GRANT, ENTER, RELEASE, LEAVE, CHECK, RENEW)
 DROP = """
+DROP FUNCTION IF EXISTS gateway_queue_renew(text, double precision);
 DROP FUNCTION IF EXISTS gateway_queue_check(bigint);
 DROP FUNCTION IF EXISTS gateway_queue_leave(bigint, bigint);
 DROP FUNCTION IF EXISTS gateway_queue_release(bigint);

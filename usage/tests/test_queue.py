@@ -286,6 +286,26 @@ def test_queue_wait_is_recorded_and_exported(parallel, make_key, upstream, fake_
     assert "gateway_queue_depth" in metrics
 
 
+@postgresql_only
+def test_a_generation_longer_than_its_lease_keeps_its_slot(
+    parallel, make_key, upstream, fake_ollama
+):
+    """Leases are renewed while the generation runs: a 4 s stream on 1.5 s leases still holds
+    its slot, and the request behind it waits for the end."""
+    url = parallel(1, QUEUE_LEASE_SECONDS=1.5, QUEUE_RECHECK_SECONDS=0.5)
+    _, raw = make_key(rate_limit=1000)
+    fake_ollama.configure(tokens=8, token_delay=0.5)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        long = pool.submit(generate, url, raw, "long", stream=True)
+        assert wait_until(lambda: upstream.running == 1)
+        time.sleep(1.0)  # past the first renewal, before the lease would have run out
+        behind = pool.submit(generate, url, raw, "behind")
+        assert long.result().status_code == 200
+        assert behind.result().status_code == 200
+    assert upstream.peak == 1
+    assert upstream.starts() == ["long", "behind"]
+
+
 def test_tokens_per_minute_are_counted_exactly_under_concurrency(gateway, make_key, fake_ollama):
     key, raw = make_key(tokens_per_minute=10_000, rate_limit=1000)
     fake_ollama.configure(tokens=5)
