@@ -45,6 +45,8 @@ class BackendState:
     models: frozenset = frozenset()
     loaded: frozenset = frozenset()
     in_flight: int = 0
+    # Requests of this process waiting in the gateway's queue for it (usage/queue.py).
+    waiting: int = 0
     requests: int = 0
     failures: int = 0
     checked_at: float = 0.0
@@ -54,7 +56,8 @@ class BackendState:
         return self.healthy or now >= self.down_until
 
     def load(self) -> float:
-        return (self.in_flight + 1) / self.weight
+        # Queued requests count: a server with a queue is busier than its in-flight count says.
+        return (self.in_flight + self.waiting + 1) / self.weight
 
     def acquire(self) -> None:
         with self.lock:

@@ -94,9 +94,13 @@ async def slot_acquire(*, key, state, exchange=None) -> Slot | None:
         return None
     scheduler = _scheduler()
     started = time.monotonic()
+    # Counted in the server's load from now on (routing of the next requests), until the
+    # request's backend lease counts it in flight.
+    state.waiting += 1
     try:
         slot_id = await scheduler.acquire(key, state)
     finally:
+        state.waiting -= 1
         # Recorded however the wait ended (a queue timeout included).
         waited = time.monotonic() - started
         metrics.QUEUE_WAIT.labels(state.name).observe(waited)
