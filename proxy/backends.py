@@ -8,7 +8,8 @@ for BACKEND_COOLDOWN seconds, then checked again and rejoins by itself.
 
 Routing a request that names a model (`BackendPool.choose`): healthy servers that have the
 model; among them those where it is already loaded (no cold load); then the fewest requests in
-flight relative to the weight. With one server, none of this costs anything.
+flight or waiting in the gateway's queue for it, relative to the weight. With one server, none
+of this costs anything.
 """
 
 import asyncio
