@@ -348,6 +348,21 @@ def test_the_empty_queue_costs_one_statement_and_its_release(
 
 
 @postgresql_only
+def test_an_idle_queue_sends_no_statement(parallel, make_key, fake_ollama):
+    """Nothing polls: once no request holds or waits for a slot, the process is silent (the
+    listener only listens; lease renewal only runs while it holds rows)."""
+    url = parallel(1, QUEUE_LEASE_SECONDS=1.5)
+    _, raw = make_key(rate_limit=1000)
+    assert generate(url, raw, "hi").status_code == 200
+    wait_for_records(1)
+    assert wait_until(queue_is_empty)
+    time.sleep(0.5)  # the release, after the answer
+    before = db.statements_sent
+    time.sleep(2.0)  # four renewal periods
+    assert db.statements_sent == before
+
+
+@postgresql_only
 def test_a_killed_worker_gives_its_slots_back(transactional_db, fake_ollama_server, make_key):
     _, raw = make_key(rate_limit=1000)
     fake_ollama_server.reset()
