@@ -188,6 +188,8 @@ def rollups_add_sql() -> str:
         "latency_ms_sum": "sum(latency_ms)",
         "ttft_ms_sum": "coalesce(sum(ttft_ms), 0)",
         "ttft_count": "count(ttft_ms)",
+        "queue_wait_ms_sum": "coalesce(sum(queue_wait_ms), 0)",
+        "queue_count": "count(queue_wait_ms)",
     }
     for outcome, column in OUTCOME_COLUMNS.items():
         sums[column] = f"count(*) FILTER (WHERE outcome = '{outcome}')"

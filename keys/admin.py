@@ -30,10 +30,21 @@ class ModelListField(forms.CharField):
         return [m.strip() for m in (value or "").split(",") if m.strip()]
 
 
+def priority_field():
+    return forms.TypedChoiceField(
+        choices=ApiKey.Priority.choices,
+        required=False,
+        empty_value=ApiKey.Priority.INTERACTIVE,
+        initial=ApiKey.Priority.INTERACTIVE,
+        help_text="A batch request takes a free slot only when no interactive request waits.",
+    )
+
+
 class ApiKeyCreateForm(forms.ModelForm):
     allowed_models = ModelListField(
         required=False, help_text="Comma-separated model names; empty means all models."
     )
+    priority = priority_field()
     rate_limit = forms.IntegerField(
         required=False, min_value=1, help_text="Requests per hour; empty means the role's default."
     )
@@ -45,7 +56,17 @@ class ApiKeyCreateForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["name", "role", "rate_limit", "token_quota", "expires_at", "allowed_models"]
+        fields = [
+            "name",
+            "role",
+            "rate_limit",
+            "token_quota",
+            "max_concurrent",
+            "priority",
+            "tokens_per_minute",
+            "expires_at",
+            "allowed_models",
+        ]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -73,6 +94,7 @@ class ApiKeyChangeForm(forms.ModelForm):
     allowed_models = ModelListField(
         required=False, help_text="Comma-separated model names; empty means all models."
     )
+    priority = priority_field()
 
     def clean(self):
         cleaned = super().clean()
@@ -88,7 +110,16 @@ class ApiKeyChangeForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["name", "rate_limit", "token_quota", "expires_at", "allowed_models"]
+        fields = [
+            "name",
+            "rate_limit",
+            "token_quota",
+            "max_concurrent",
+            "priority",
+            "tokens_per_minute",
+            "expires_at",
+            "allowed_models",
+        ]
 
 
 @admin.register(ApiKey)
@@ -102,6 +133,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "active",
         "per_hour",
         "tokens_per_day",
+        "at_once",
+        "priority",
         "last_used",
         "expires",
     ]
@@ -129,6 +162,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.display(description="tokens / day", ordering="token_quota")
     def tokens_per_day(self, obj):
         return None if obj.token_quota is None else _compact(obj.token_quota)
+
+    @admin.display(description="at once", ordering="max_concurrent")
+    def at_once(self, obj):
+        return obj.max_concurrent
 
     @admin.display(description="last used", ordering="last_used_at")
     def last_used(self, obj):

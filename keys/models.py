@@ -9,6 +9,10 @@ class ApiKey(models.Model):
         ADMIN = "admin", "Admin"
         USER = "user", "User"
 
+    class Priority(models.TextChoices):
+        INTERACTIVE = "interactive", "Interactive"
+        BATCH = "batch", "Batch"
+
     name = models.CharField(max_length=100)
     role = models.CharField(max_length=5, choices=Role.choices, default=Role.USER)
     # What lists show and what DELETE /api/keys/{preview} takes; the start of the raw key.
@@ -18,6 +22,20 @@ class ApiKey(models.Model):
     rate_limit = models.PositiveIntegerField(help_text="Requests per hour.")
     token_quota = models.PositiveBigIntegerField(
         null=True, blank=True, help_text="Prompt + completion tokens per day (UTC); empty: none."
+    )
+    # Sharing the GPU (usage/queue.py): generations of this key running at once across every
+    # gateway process, its place in the queue, and its tokens per clock minute.
+    max_concurrent = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Generations running at once; empty: no cap."
+    )
+    priority = models.CharField(
+        max_length=11,
+        choices=Priority.choices,
+        default=Priority.INTERACTIVE,
+        help_text="A batch request takes a free slot only when no interactive request waits.",
+    )
+    tokens_per_minute = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Prompt + completion tokens per minute; empty: none."
     )
     allowed_models = models.JSONField(
         default=list, blank=True, help_text="Model names this key may use; empty means all."
@@ -44,6 +62,19 @@ class ApiKey(models.Model):
             models.CheckConstraint(
                 condition=models.Q(token_quota__isnull=True) | models.Q(token_quota__gt=0),
                 name="apikey_token_quota_gt_0",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(max_concurrent__isnull=True) | models.Q(max_concurrent__gt=0),
+                name="apikey_max_concurrent_gt_0",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(tokens_per_minute__isnull=True)
+                | models.Q(tokens_per_minute__gt=0),
+                name="apikey_tokens_per_minute_gt_0",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(priority__in=["interactive", "batch"]),
+                name="apikey_priority_valid",
             ),
         ]
 

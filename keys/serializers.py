@@ -1,7 +1,7 @@
 from rest_framework import serializers
 
 from keys.models import ApiKey
-from keys.services import MAX_RATE_LIMIT, MAX_TOKEN_QUOTA, ROLES
+from keys.services import MAX_CONCURRENT, MAX_RATE_LIMIT, MAX_TOKEN_QUOTA, PRIORITIES, ROLES
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
@@ -15,6 +15,9 @@ class ApiKeySerializer(serializers.ModelSerializer):
             "role",
             "rate_limit",
             "token_quota",
+            "max_concurrent",
+            "priority",
+            "tokens_per_minute",
             "allowed_models",
             "is_active",
             "expires_at",
@@ -47,6 +50,28 @@ class ApiKeyCreateSerializer(serializers.Serializer):
         required=False,
         allow_null=True,
         help_text="Prompt + completion tokens per day (UTC); omitted: no quota.",
+    )
+    max_concurrent = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_CONCURRENT,
+        required=False,
+        allow_null=True,
+        help_text="Generations running at once across every gateway process; omitted: no cap.",
+    )
+    priority = serializers.ChoiceField(
+        choices=ApiKey.Priority.choices,
+        default=ApiKey.Priority.INTERACTIVE,
+        help_text="batch: takes a free slot only when no interactive request waits for it.",
+        error_messages={
+            "invalid_choice": f'"{{input}}" is not a valid priority; allowed values: {PRIORITIES}.'
+        },
+    )
+    tokens_per_minute = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_TOKEN_QUOTA,
+        required=False,
+        allow_null=True,
+        help_text="Prompt + completion tokens per clock minute; omitted: no limit.",
     )
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
     allowed_models = serializers.ListField(

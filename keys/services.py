@@ -14,9 +14,11 @@ from keys.models import ApiKey
 logger = logging.getLogger(__name__)
 
 ROLES = ", ".join(ApiKey.Role.values)
+PRIORITIES = ", ".join(ApiKey.Priority.values)
 # The columns' ranges (PositiveIntegerField, PositiveBigIntegerField).
 MAX_RATE_LIMIT = 2**31 - 1
 MAX_TOKEN_QUOTA = 2**63 - 1
+MAX_CONCURRENT = 2**31 - 1
 
 
 def default_rate_limit(role: str) -> int:
@@ -33,6 +35,9 @@ def api_key_validate(
     expires_at: datetime | None,
     allowed_models: list[str],
     token_quota: int | None = None,
+    max_concurrent: int | None = None,
+    priority: str = ApiKey.Priority.INTERACTIVE,
+    tokens_per_minute: int | None = None,
 ) -> None:
     """Raise ValidationError naming each bad field and what it accepts."""
     errors = {}
@@ -50,6 +55,16 @@ def api_key_validate(
         isinstance(token_quota, bool) or not 0 < token_quota <= MAX_TOKEN_QUOTA
     ):
         errors["token_quota"] = "Must be a positive number of tokens per day, or empty."  # noqa: S105
+    if max_concurrent is not None and (
+        isinstance(max_concurrent, bool) or not 0 < max_concurrent <= MAX_CONCURRENT
+    ):
+        errors["max_concurrent"] = "Must be a positive number of generations, or empty."
+    if priority not in ApiKey.Priority.values:
+        errors["priority"] = f'"{priority}" is not a valid priority; allowed values: {PRIORITIES}.'
+    if tokens_per_minute is not None and (
+        isinstance(tokens_per_minute, bool) or not 0 < tokens_per_minute <= MAX_TOKEN_QUOTA
+    ):
+        errors["tokens_per_minute"] = "Must be a positive number of tokens per minute, or empty."
     if expires_at is not None:
         if timezone.is_naive(expires_at):
             errors["expires_at"] = "Must include a time zone."
@@ -71,6 +86,9 @@ def api_key_create(
     expires_at: datetime | None = None,
     allowed_models: list[str] | None = None,
     token_quota: int | None = None,
+    max_concurrent: int | None = None,
+    priority: str = ApiKey.Priority.INTERACTIVE,
+    tokens_per_minute: int | None = None,
     created_by: str = "",
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its raw value, which exists nowhere else afterwards."""
@@ -82,6 +100,9 @@ def api_key_create(
         expires_at=expires_at,
         allowed_models=allowed_models,
         token_quota=token_quota,
+        max_concurrent=max_concurrent,
+        priority=priority,
+        tokens_per_minute=tokens_per_minute,
     )
     for _attempt in range(3):
         raw = crypto.generate_key()
@@ -92,6 +113,9 @@ def api_key_create(
             expires_at=expires_at,
             allowed_models=allowed_models,
             token_quota=token_quota,
+            max_concurrent=max_concurrent,
+            priority=priority,
+            tokens_per_minute=tokens_per_minute,
             created_by=created_by,
             preview=crypto.key_preview(raw),
             key_hash=crypto.hash_key(raw),

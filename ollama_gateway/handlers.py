@@ -249,6 +249,9 @@ async def _lifespan(receive, send):
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await runtime.stop_serving()
+            from usage.queue import close_queue
+
+            await close_queue()
             await db.close_pool()
             from proxy.upstream import close_sessions
 

@@ -282,6 +282,19 @@ OLLAMA_CONNECT_TIMEOUT = env.float("OLLAMA_CONNECT_TIMEOUT", default=5.0)
 # A model that is loading can hold back the first byte for minutes: keep this generous.
 OLLAMA_READ_TIMEOUT = env.float("OLLAMA_READ_TIMEOUT", default=600.0)
 OLLAMA_POOL_SIZE = env.int("OLLAMA_POOL_SIZE", default=256)
+# Sharing the GPU (usage/queue.py). OLLAMA_NUM_PARALLEL: generations each Ollama server runs at
+# once (its own OLLAMA_NUM_PARALLEL); it seeds the `parallel` of every server in the Backend
+# table (editable in the admin) and the gateway queues the rest fairly across keys. Unset: no
+# gateway queue. A request that waited QUEUE_TIMEOUT seconds gets 429 (its key's cap) or 503.
+OLLAMA_NUM_PARALLEL = env.int("OLLAMA_NUM_PARALLEL", default=None)
+if OLLAMA_NUM_PARALLEL is not None and OLLAMA_NUM_PARALLEL < 1:
+    raise ImproperlyConfigured("OLLAMA_NUM_PARALLEL must be at least 1 (or unset: no queue).")
+QUEUE_TIMEOUT = env.float("QUEUE_TIMEOUT", default=120.0)
+# A process renews its slots every third of QUEUE_LEASE_SECONDS: a killed process's slots come
+# back within it. A waiting request re-checks the queue every QUEUE_RECHECK_SECONDS in case a
+# wake-up was lost (PostgreSQL NOTIFY during a reconnection).
+QUEUE_LEASE_SECONDS = env.float("QUEUE_LEASE_SECONDS", default=15.0)
+QUEUE_RECHECK_SECONDS = env.float("QUEUE_RECHECK_SECONDS", default=5.0)
 # Bodies larger than this get 413 before anything reaches Ollama (several base64 images fit).
 MAX_REQUEST_BODY_BYTES = env.int("MAX_REQUEST_BODY_BYTES", default=50 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES

@@ -29,7 +29,16 @@ def _log_change(request, action: str, backend: Backend, changes: dict) -> None:
 
 @admin.register(Backend)
 class BackendAdmin(admin.ModelAdmin):
-    list_display = ["name", "url", "weight", "enabled", "state", "loaded_models", "in_flight"]
+    list_display = [
+        "name",
+        "url",
+        "weight",
+        "parallel",
+        "enabled",
+        "state",
+        "loaded_models",
+        "in_flight",
+    ]
     list_filter = ["enabled"]
     search_fields = ["name", "url"]
 

@@ -8,7 +8,8 @@ for BACKEND_COOLDOWN seconds, then checked again and rejoins by itself.
 
 Routing a request that names a model (`BackendPool.choose`): healthy servers that have the
 model; among them those where it is already loaded (no cold load); then the fewest requests in
-flight relative to the weight. With one server, none of this costs anything.
+flight or waiting in the gateway's queue for it, relative to the weight. With one server, none
+of this costs anything.
 """
 
 import asyncio
@@ -38,11 +39,15 @@ class BackendState:
     url: str
     weight: int
     upstream: Upstream
+    # Generations it runs at once (None: no gateway queue); see usage/queue.py.
+    parallel: int | None = None
     healthy: bool = True
     down_until: float = 0.0
     models: frozenset = frozenset()
     loaded: frozenset = frozenset()
     in_flight: int = 0
+    # Requests of this process waiting in the gateway's queue for it (usage/queue.py).
+    waiting: int = 0
     requests: int = 0
     failures: int = 0
     checked_at: float = 0.0
@@ -52,7 +57,8 @@ class BackendState:
         return self.healthy or now >= self.down_until
 
     def load(self) -> float:
-        return (self.in_flight + 1) / self.weight
+        # Queued requests count: a server with a queue is busier than its in-flight count says.
+        return (self.in_flight + self.waiting + 1) / self.weight
 
     def acquire(self) -> None:
         with self.lock:
@@ -77,6 +83,7 @@ class BackendState:
             "models": sorted(self.models),
             "loaded": sorted(self.loaded),
             "in_flight": self.in_flight,
+            "parallel": self.parallel,
             "requests": self.requests,
             "failures": self.failures,
             "error_rate": 100 * self.failures / self.requests if self.requests else 0.0,
@@ -85,12 +92,14 @@ class BackendState:
 
 class Lease:
     """A request's claim on a server, counted in flight until `release` (idempotent): the one
-    owner of that count, whichever way the request ends."""
+    owner of that count and of the request's queue slot (usage/queue.py), whichever way the
+    request ends."""
 
-    __slots__ = ("_held", "state")
+    __slots__ = ("_held", "slot", "state")
 
-    def __init__(self, state: BackendState):
+    def __init__(self, state: BackendState, slot=None):
         self.state = state
+        self.slot = slot
         state.acquire()
         self._held = True
 
@@ -98,6 +107,8 @@ class Lease:
         if self._held:
             self._held = False
             self.state.release()
+            if self.slot is not None:
+                self.slot.release()
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,7 @@ class BackendConfig:
     url: str
     weight: int = 1
     credential: str = ""
+    parallel: int | None = None
 
 
 def configured_backends() -> list[BackendConfig]:
@@ -120,6 +132,7 @@ def configured_backends() -> list[BackendConfig]:
                 b.url.rstrip("/"),
                 b.weight,
                 os.environ.get(b.credential_env, "") if b.credential_env else "",
+                b.parallel,
             )
             for b in rows
             if b.enabled
@@ -132,7 +145,7 @@ def settings_backends() -> list[BackendConfig]:
     /health, metrics and records, where internal addresses have no business."""
     urls = [u.strip().rstrip("/") for u in settings.OLLAMA_BASE_URL.split(",") if u.strip()]
     return [
-        BackendConfig(f"ollama-{i}", url, 1, settings.OLLAMA_API_KEY)
+        BackendConfig(f"ollama-{i}", url, 1, settings.OLLAMA_API_KEY, settings.OLLAMA_NUM_PARALLEL)
         for i, url in enumerate(urls, start=1)
     ]
 
@@ -151,6 +164,7 @@ class BackendPool:
             name=config.name,
             url=config.url,
             weight=config.weight,
+            parallel=config.parallel,
             upstream=Upstream(
                 base_url=config.url,
                 api_key=config.credential,

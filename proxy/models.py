@@ -88,6 +88,14 @@ class Backend(models.Model):
         default=1,
         help_text="Share of traffic relative to the others (in-flight requests / weight).",
     )
+    parallel = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text=(
+            "Generations this server runs at once (its OLLAMA_NUM_PARALLEL); the gateway queues "
+            "the rest fairly across keys. Empty: no gateway queue."
+        ),
+    )
     enabled = models.BooleanField(default=True)
     credential_env = models.CharField(
         max_length=100,
@@ -104,7 +112,11 @@ class Backend(models.Model):
     class Meta:
         ordering = ["name"]
         constraints = [
-            models.CheckConstraint(condition=models.Q(weight__gt=0), name="backend_weight_gt_0")
+            models.CheckConstraint(condition=models.Q(weight__gt=0), name="backend_weight_gt_0"),
+            models.CheckConstraint(
+                condition=models.Q(parallel__isnull=True) | models.Q(parallel__gt=0),
+                name="backend_parallel_gt_0",
+            ),
         ]
 
     def __str__(self):

@@ -90,6 +90,11 @@ def model_route(url, view, summary, **options):
     return route(url, view, summary, names_model=True, **options)
 
 
+def generation_route(url, view, summary, **options):
+    """A route that runs a model on the server: it waits for a slot (usage/queue.py)."""
+    return model_route(url, view, summary, generation=True, **options)
+
+
 LIST_MODELS = {"filter_list": ("models", "name"), "methods": ("get",)}
 
 urlpatterns = [
@@ -104,10 +109,10 @@ urlpatterns = [
     route("api/status", ProxyView, "Ollama's cloud status", methods=("get",)),
     route("api/ps", ProxyView, "Loaded models (those this key may use)", **LIST_MODELS),
     route("api/models", ProxyView, "Models this key may use", upstream="/api/tags", **LIST_MODELS),
-    model_route("api/generate", ProxyView, "Generate a completion (streams by default)"),
-    model_route("api/chat", ProxyView, "Chat (streams by default)"),
-    model_route("api/embed", ProxyView, "Embeddings"),
-    model_route("api/embeddings", ProxyView, "Embedding (legacy)"),
+    generation_route("api/generate", ProxyView, "Generate a completion (streams by default)"),
+    generation_route("api/chat", ProxyView, "Chat (streams by default)"),
+    generation_route("api/embed", ProxyView, "Embeddings"),
+    generation_route("api/embeddings", ProxyView, "Embedding (legacy)"),
     model_route("api/show", ProxyView, "Model details"),
     # Model management, admin keys only.
     model_route("api/pull", AdminProxyView, "Pull a model"),
@@ -125,18 +130,18 @@ urlpatterns = [
         raw_body=True,
     ),
     # OpenAI-compatible API (`stream` defaults to false here).
-    model_route("v1/chat/completions", OpenAIProxyView, "Chat completions"),
-    model_route("v1/completions", OpenAIProxyView, "Completions"),
-    model_route("v1/embeddings", OpenAIProxyView, "Embeddings"),
+    generation_route("v1/chat/completions", OpenAIProxyView, "Chat completions"),
+    generation_route("v1/completions", OpenAIProxyView, "Completions"),
+    generation_route("v1/embeddings", OpenAIProxyView, "Embeddings"),
     route("v1/models", OpenAIProxyView, "Models", methods=("get",), filter_list=("data", "id")),
-    model_route("v1/responses", ResponsesProxyView, "Responses (Codex; zstd bodies accepted)"),
-    model_route(
+    generation_route("v1/responses", ResponsesProxyView, "Responses (Codex; zstd bodies accepted)"),
+    generation_route(
         "v1/audio/transcriptions",
         TranscriptionProxyView,
         "Transcribe audio (multipart, at most 25 MiB)",
     ),
     # Anthropic-compatible API (Claude Code): `?beta=true` and anthropic-* headers accepted.
-    model_route("v1/messages", AnthropicProxyView, "Messages (Anthropic)"),
+    generation_route("v1/messages", AnthropicProxyView, "Messages (Anthropic)"),
     model_route(
         "v1/messages/count_tokens",
         CountTokensView,

@@ -37,6 +37,7 @@ from proxy.backends import Lease, abackend_pool
 from proxy.policy import apply_server_policy
 from proxy.streaming import StreamRelay, usage_from_body
 from usage.limits import KeyRateThrottle
+from usage.queue import slot_acquire
 
 logger = logging.getLogger("proxy")
 
@@ -153,6 +154,9 @@ class ProxyView(ModelView):
     multipart = False
     # Largest body accepted (after decompression); None: settings.MAX_REQUEST_BODY_BYTES.
     max_body_bytes = None
+    # Whether the route runs a generation on the server: it takes a queue slot first
+    # (usage/queue.py; set in proxy/urls.py).
+    generation = False
 
     async def get(self, request, **kwargs):
         return await self.relay(request, **kwargs)
@@ -215,7 +219,12 @@ class ProxyView(ModelView):
                 if self.raw_body:
                     data = request._stream  # the spooled upload, streamed with its length
                     headers["Content-Length"] = request.META.get("CONTENT_LENGTH") or "0"
-                lease, reply = Lease(state), None
+                # A generation waits here for its turn on the server (usage/queue.py); the
+                # slot is the lease's, given back with it.
+                slot = None
+                if self.generation:
+                    slot = await slot_acquire(key=request.user, state=state, exchange=exchange)
+                lease, reply = Lease(state, slot), None
                 try:
                     reply = await upstream.send(
                         state.url,

@@ -20,6 +20,7 @@ from usage import metrics
 from usage.charts import WIDE, BarChart, bar_chart, number
 from usage.export import usage_csv_response
 from usage.models import OUTCOME_LABELS
+from usage.queue import queue_snapshot
 from usage.serializers import StatsQuerySerializer
 from usage.stats import usage_stats
 
@@ -103,6 +104,9 @@ def dashboard_view(request, model_admin):
             for outcome, count in stats["totals"]["outcomes"].items()
         ],
         "backends": backend_rows(),
+        "queue_servers": queue_servers(),
+        # Wait by key: the rollups' queue sums, like every other number of the page.
+        "queue_waits": [row for row in stats.get("by_key", []) if row["queued"]],
     }
     return TemplateResponse(request, "admin/usage/usagerecord/dashboard.html", context)
 
@@ -180,6 +184,21 @@ def _with_error_kinds(row: dict) -> dict:
         "client_errors": sum(outcomes.get(o, 0) for o in CLIENT_ERRORS),
         "server_errors": sum(outcomes.get(o, 0) for o in SERVER_ERRORS),
     }
+
+
+def queue_servers() -> list[dict]:
+    """Each server's GPU queue now (usage/queue.py): slots, running, waiting; on PostgreSQL
+    from the shared table, so every gateway process is counted."""
+    live = {row["backend"]: row for row in queue_snapshot()}
+    return [
+        {
+            "name": state.name,
+            "parallel": state.parallel,
+            "running": live.get(state.name, {}).get("running", 0),
+            "waiting": live.get(state.name, {}).get("waiting", 0),
+        }
+        for state in backend_pool().states
+    ]
 
 
 def total_cards(totals: dict) -> list[list[tuple[str, str, str]]]:

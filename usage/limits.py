@@ -3,6 +3,8 @@
 - the hourly request limit: counted in the same statement that looks the key up (PostgreSQL),
   so a proxied request pays one round trip for both;
 - the daily token quota: one read, only for keys that have a quota;
+- tokens per minute: one read, only for keys that have that limit (counted by the statement
+  that writes the request's record, usage/services.py);
 - failed authentications per client address and minute.
 
 Each has a blocking form (Django's connection: the management API, SQLite, tests) and an async
@@ -22,7 +24,14 @@ from rest_framework.throttling import BaseThrottle
 from keys.crypto import hash_key, looks_like_key
 from keys.models import ApiKey
 from ollama_gateway import db
-from usage.models import AuthFailureCounter, RateCounter, UsageRollup, day_start, hour_start
+from usage.models import (
+    AuthFailureCounter,
+    RateCounter,
+    TokenCounter,
+    UsageRollup,
+    day_start,
+    hour_start,
+)
 
 logger = logging.getLogger("usage.limits")
 
@@ -180,6 +189,35 @@ async def atokens_used_today(*, key) -> int:
     return int((await db.fetchone(_TOKENS_TODAY, _tokens_params(key, None)))[0])
 
 
+def minute_start(moment: datetime) -> datetime:
+    """The clock minute a moment belongs to: the `tokens_per_minute` window."""
+    return moment.replace(second=0, microsecond=0)
+
+
+_TOKENS_THIS_MINUTE = (
+    f"SELECT COALESCE(SUM(tokens), 0) FROM {TokenCounter._meta.db_table} "
+    f"WHERE key_id = %s AND window_start = %s"
+)
+
+
+def _minute_params(key, now):
+    return [key.pk, connection.ops.adapt_datetimefield_value(minute_start(now))]
+
+
+def tokens_used_this_minute(*, key, now: datetime | None = None) -> int:
+    """Prompt + completion tokens of `key` recorded in the current clock minute."""
+    with connection.cursor() as cursor:
+        cursor.execute(_TOKENS_THIS_MINUTE, _minute_params(key, now or timezone.now()))
+        return int(cursor.fetchone()[0])
+
+
+async def atokens_used_this_minute(*, key) -> int:
+    if not db.pooled():
+        return await db.in_thread(tokens_used_this_minute)(key=key)
+    row = await db.fetchone(_TOKENS_THIS_MINUTE, _minute_params(key, timezone.now()))
+    return int(row[0])
+
+
 _AUTH_FAILURE_HIT = _counter_increment_sql(
     AuthFailureCounter._meta.db_table, ("client_addr", "window_start"), "failures"
 )
@@ -240,12 +278,16 @@ class KeyRateThrottle(BaseThrottle):
         self._check_rate(key, admission)
         if key.token_quota is not None:
             self._check_quota(key, tokens_used_today(key=key))
+        if key.tokens_per_minute is not None:
+            self._check_minute(key, tokens_used_this_minute(key=key))
         return True
 
     async def aallow_request(self, key, admission) -> None:
         self._check_rate(key, admission)
         if key.token_quota is not None:
             self._check_quota(key, await atokens_used_today(key=key))
+        if key.tokens_per_minute is not None:
+            self._check_minute(key, await atokens_used_this_minute(key=key))
 
     @staticmethod
     def _check_rate(key, admission) -> None:
@@ -269,3 +311,13 @@ class KeyRateThrottle(BaseThrottle):
                 extra={"key_preview": key.preview, "quota": key.token_quota},
             )
             raise RateLimited("Token quota exceeded", wait=_until_midnight(timezone.now()))
+
+    @staticmethod
+    def _check_minute(key, used: int) -> None:
+        if used >= key.tokens_per_minute:
+            logger.warning(
+                "tokens per minute exceeded",
+                extra={"key_preview": key.preview, "tokens_per_minute": key.tokens_per_minute},
+            )
+            now = timezone.now()
+            raise RateLimited("Tokens per minute exceeded", wait=60 - now.second)

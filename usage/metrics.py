@@ -55,6 +55,18 @@ BACKEND_UP = Gauge(
 STREAMS_IN_FLIGHT = Gauge(
     "gateway_streams_in_flight", "Streams being relayed now", multiprocess_mode="livesum"
 )
+QUEUE_DEPTH = Gauge(
+    "gateway_queue_depth",
+    "Generations waiting in the gateway's queue for each Ollama server",
+    ["backend"],
+    multiprocess_mode="livesum",
+)
+QUEUE_WAIT = Histogram(
+    "gateway_queue_wait_seconds",
+    "Time generations waited for a slot (0 when one was free)",
+    ["backend"],
+    buckets=(0.001, *_SECONDS),
+)
 
 # Parametric routes collapse to one label value each, so clients cannot mint new series.
 _ROUTE_PATTERNS = (

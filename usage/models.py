@@ -44,6 +44,9 @@ class UsageRecord(models.Model):
     )
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    queue_wait_ms = models.FloatField(
+        null=True, blank=True, help_text="Time spent in the gateway's queue for a slot."
+    )
     request_id = models.CharField(max_length=64)
     client_addr = models.GenericIPAddressField(null=True, blank=True)
 
@@ -101,6 +104,8 @@ ROLLUP_SUM_COLUMNS = (
     "latency_ms_sum",
     "ttft_ms_sum",
     "ttft_count",
+    "queue_wait_ms_sum",
+    "queue_count",
     *OUTCOME_COLUMNS.values(),
     *LATENCY_COLUMNS,
 )
@@ -131,6 +136,9 @@ class UsageRollup(models.Model):
     latency_ms_sum = models.FloatField(default=0)
     ttft_ms_sum = models.FloatField(default=0)
     ttft_count = models.PositiveBigIntegerField(default=0)
+    # Requests that went through the GPU queue (usage/queue.py) and their total wait.
+    queue_wait_ms_sum = models.FloatField(default=0)
+    queue_count = models.PositiveBigIntegerField(default=0)
     # One counter per outcome (n_ok, n_upstream_error, ...) and per latency bucket.
     locals().update(
         {column: models.PositiveBigIntegerField(default=0) for column in OUTCOME_COLUMNS.values()}
@@ -192,3 +200,77 @@ class AuthFailureCounter(models.Model):
 
     def __str__(self):
         return f"{self.client_addr} @ {self.window_start:%H:%M}: {self.failures}"
+
+
+class TokenCounter(models.Model):
+    """Prompt + completion tokens of one key in one clock minute: `tokens_per_minute`.
+
+    Added to by the statement that writes the request's record (usage/services.py).
+    """
+
+    key = models.ForeignKey(ApiKey, on_delete=models.CASCADE)
+    window_start = models.DateTimeField()
+    tokens = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["key", "window_start"], name="tokencounter_key_window")
+        ]
+        # Pruning expired windows.
+        indexes = [models.Index(fields=["window_start"], name="tokencounter_window")]
+
+    def __str__(self):
+        return f"{self.key_id} @ {self.window_start:%Y-%m-%d %H:%M}: {self.tokens}"
+
+
+class Slot(models.Model):
+    """One generation on the shared Ollama servers: waiting for its turn (`granted_at` empty)
+    or running. One row for the request's whole life, written and read only by the grant
+    functions of usage/queue.py; a lease that its process renews, so a killed process's rows
+    expire by themselves.
+    """
+
+    # Drawn by the process before the row exists, so it can await its wake-up first.
+    id = models.BigIntegerField(primary_key=True)
+    backend = models.CharField(max_length=100)
+    # Not a foreign key: the grant reads it on every decision, keys are never deleted.
+    key_id = models.BigIntegerField()
+    priority = models.CharField(max_length=11)
+    # Copied from the key and the server when the request arrives: grants need no join.
+    max_concurrent = models.PositiveIntegerField(null=True)
+    parallel = models.PositiveIntegerField(null=True)
+    # The gateway process that holds the row (it renews `expires_at`).
+    holder = models.CharField(max_length=32)
+    enqueued_at = models.DateTimeField()
+    granted_at = models.DateTimeField(null=True)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "usage_slot"
+        indexes = [
+            # Slots running on a server; requests waiting for it.
+            models.Index(fields=["backend", "granted_at"], name="slot_backend"),
+            # Slots running for a key (its cap, the fair order).
+            models.Index(fields=["key_id", "granted_at"], name="slot_key"),
+            # Reaping expired leases.
+            models.Index(fields=["expires_at"], name="slot_expires"),
+            # A process renewing its leases.
+            models.Index(fields=["holder"], name="slot_holder"),
+        ]
+
+    def __str__(self):
+        state = "running" if self.granted_at else "waiting"
+        return f"{self.backend} key {self.key_id} {state}"
+
+
+class QueueTurn(models.Model):
+    """When each key last got a slot through the queue: saturating keys take turns."""
+
+    key_id = models.BigIntegerField(primary_key=True)
+    granted_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "usage_queue_turn"
+
+    def __str__(self):
+        return f"key {self.key_id} last served {self.granted_at:%H:%M:%S}"

@@ -22,6 +22,7 @@ from usage.models import (
     ROLLUP_SUM_COLUMNS,
     AuthFailureCounter,
     RateCounter,
+    TokenCounter,
     UsageRecord,
     UsageRollup,
     day_start,
@@ -67,6 +68,8 @@ class Exchange:
     ttft_ms: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    # Time spent waiting for a slot (usage/queue.py); None when no queue applied.
+    queue_wait_ms: float | None = None
     # A streamed answer is recorded by its relay when it ends, not when the view returns.
     deferred: bool = False
     recorded: bool = False
@@ -110,6 +113,8 @@ def _pg_rollup_upsert() -> str:
         "latency_ms_sum": "v.latency_ms",
         "ttft_ms_sum": "COALESCE(v.ttft_ms, 0)",
         "ttft_count": indicator.format("v.ttft_ms IS NOT NULL"),
+        "queue_wait_ms_sum": "COALESCE(v.queue_wait_ms, 0)",
+        "queue_count": indicator.format("v.queue_wait_ms IS NOT NULL"),
         **{
             column: indicator.format(f"v.outcome = '{outcome}'")
             for outcome, column in OUTCOME_COLUMNS.items()
@@ -132,13 +137,25 @@ def _pg_rollup_upsert() -> str:
 _PG_COUNTED = (
     "WITH counted AS (SELECT %s::bigint AS key_pk, %s::text AS model, %s::text AS outcome, "
     "%s::int AS bucket, %s::bigint AS prompt_tokens, %s::bigint AS completion_tokens, "
-    "%s::float8 AS latency_ms, %s::float8 AS ttft_ms, %s::timestamptz AS hour, "
-    "%s::timestamptz AS day)"
+    "%s::float8 AS latency_ms, %s::float8 AS ttft_ms, %s::float8 AS queue_wait_ms, "
+    "%s::timestamptz AS hour, %s::timestamptz AS day)"
+)
+# A key with `tokens_per_minute`: its tokens added to the minute's counter too (key, window,
+# tokens). Counted when the request ends, so answers running meanwhile can overshoot the
+# limit, as they can the daily quota.
+_MINUTES = TokenCounter._meta.db_table
+_MINUTE_ADD = (
+    f"INSERT INTO {_MINUTES} AS counter (key_id, window_start, tokens) VALUES (%s, %s, %s) "
+    "ON CONFLICT (key_id, window_start) DO UPDATE SET tokens = counter.tokens + excluded.tokens"
 )
 # PostgreSQL, one statement, one round trip, atomically: the record and its two rollup rows;
 # or (a request refused without a key) the rollup rows alone.
 _PG_RECORD_AND_ROLLUP = f"{_PG_COUNTED}, record AS ({_RECORD_INSERT}) {_pg_rollup_upsert()}"
 _PG_ROLLUP_ONLY = f"{_PG_COUNTED} {_pg_rollup_upsert()}"
+# ... and, for a key with `tokens_per_minute`, the minute's counter: still one round trip.
+_PG_RECORD_ROLLUP_AND_MINUTE = (
+    f"{_PG_COUNTED}, record AS ({_RECORD_INSERT}), minute AS ({_MINUTE_ADD}) {_pg_rollup_upsert()}"
+)
 
 
 def _pg_counted_params(record: UsageRecord) -> list:
@@ -151,6 +168,7 @@ def _pg_counted_params(record: UsageRecord) -> list:
         record.completion_tokens or 0,
         record.latency_ms,
         record.ttft_ms,
+        record.queue_wait_ms,
         hour_start(record.started_at),
         day_start(record.started_at),
     ]
@@ -167,6 +185,8 @@ def _rollup_params(record: UsageRecord, span: str = UsageRollup.Span.HOUR) -> li
         "latency_ms_sum": record.latency_ms,
         "ttft_ms_sum": record.ttft_ms or 0.0,
         "ttft_count": 1 if record.ttft_ms is not None else 0,
+        "queue_wait_ms_sum": record.queue_wait_ms or 0.0,
+        "queue_count": 1 if record.queue_wait_ms is not None else 0,
         **{column: int(outcome == record.outcome) for outcome, column in OUTCOME_COLUMNS.items()},
         **{column: int(i == bucket) for i, column in enumerate(LATENCY_COLUMNS)},
     }
@@ -183,7 +203,21 @@ def _pg_statement(record: UsageRecord) -> tuple[str, list]:
     """The one PostgreSQL statement that writes `record` (see usage_record)."""
     if record.key_id is None:
         return _PG_ROLLUP_ONLY, _pg_counted_params(record)
-    return _PG_RECORD_AND_ROLLUP, _pg_counted_params(record) + _record_params(record)
+    counted = _pg_counted_params(record) + _record_params(record)
+    minute_params = _minute_params(record)
+    if minute_params:
+        return _PG_RECORD_ROLLUP_AND_MINUTE, counted + minute_params
+    return _PG_RECORD_AND_ROLLUP, counted
+
+
+def _minute_params(record: UsageRecord) -> list | None:
+    """The minute counter's row for a key with `tokens_per_minute` that used tokens."""
+    key = record.key
+    tokens = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
+    if key is None or key.tokens_per_minute is None or not tokens:
+        return None
+    window = timezone.now().replace(second=0, microsecond=0)
+    return [key.pk, db.wrapper().ops.adapt_datetimefield_value(window), tokens]
 
 
 def _write(record: UsageRecord) -> None:
@@ -191,14 +225,17 @@ def _write(record: UsageRecord) -> None:
         with connection.cursor() as cursor:
             cursor.execute(*_pg_statement(record))
         return
-    # SQLite: two statements in a short transaction; its hourly and daily rows in one.
+    # SQLite: a short transaction; its hourly and daily rows in one statement.
     rollup_params = _rollup_params(record) + _rollup_params(record, UsageRollup.Span.DAY)
+    minute_params = _minute_params(record)
     with transaction.atomic(), connection.cursor() as cursor:
         if record.key_id is not None:
             cursor.execute(_RECORD_INSERT, _record_params(record))
         # Refused without a valid key (a flood, a guesser): counted in the rollups only, so
         # such traffic costs a constant number of rows (see usage_record).
         cursor.execute(_ROLLUP_UPSERT, rollup_params)
+        if minute_params:
+            cursor.execute(_MINUTE_ADD, minute_params)
 
 
 def _record_of(exchange: Exchange) -> UsageRecord | None:
@@ -219,6 +256,7 @@ def _record_of(exchange: Exchange) -> UsageRecord | None:
         ttft_ms=exchange.ttft_ms,
         prompt_tokens=exchange.prompt_tokens,
         completion_tokens=exchange.completion_tokens,
+        queue_wait_ms=exchange.queue_wait_ms,
         request_id=exchange.request_id,
         client_addr=exchange.client_addr,
     )
@@ -305,6 +343,7 @@ def usage_prune(*, older_than: timedelta, batch_size: int = 10_000, pause: float
         if pause:
             time.sleep(pause)
     RateCounter.objects.filter(window_start__lt=timezone.now() - timedelta(hours=2)).delete()
+    TokenCounter.objects.filter(window_start__lt=timezone.now() - timedelta(minutes=10)).delete()
     AuthFailureCounter.objects.filter(
         window_start__lt=timezone.now() - timedelta(minutes=10)
     ).delete()

@@ -57,6 +57,10 @@ def summarize(row: dict) -> dict:
         "ttft_ms_avg": round(row["ttft_ms_sum"] / row["ttft_count"], 1)
         if row["ttft_count"]
         else None,
+        "queued": row["queue_count"],
+        "queue_wait_ms_avg": round(row["queue_wait_ms_sum"] / row["queue_count"], 1)
+        if row["queue_count"]
+        else None,
     }
 
 

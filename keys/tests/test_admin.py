@@ -205,3 +205,21 @@ def test_the_dashboard_link_needs_the_usage_view_permission(client, django_user_
     clerk = _staff_with(client, django_user_model, "view_apikey")
     page = clerk.get("/admin/").content.decode()
     assert "usage-dashboard-link" not in page
+
+
+def test_create_sets_the_gpu_sharing_fields(staff):
+    response = staff.post(
+        "/admin/keys/apikey/add/",
+        {
+            "name": "nightly",
+            "role": "user",
+            "max_concurrent": "2",
+            "priority": "batch",
+            "tokens_per_minute": "1000",
+            "expires_at_0": "",
+            "expires_at_1": "",
+        },
+    )
+    assert response.status_code == 200
+    key = ApiKey.objects.get(name="nightly")
+    assert (key.max_concurrent, key.priority, key.tokens_per_minute) == (2, "batch", 1000)

@@ -47,6 +47,9 @@ def test_createapikey_prints_the_key_once(db):
         (["--name", "x", "--expires-in", "-1"], "--expires-in"),
         (["--name", " "], "name"),
         (["--name", "x", "--token-quota", "-3"], "token_quota"),
+        (["--name", "x", "--max-concurrent", "0"], "max_concurrent"),
+        (["--name", "x", "--priority", "urgent"], "invalid choice"),
+        (["--name", "x", "--tokens-per-minute", "0"], "tokens_per_minute"),
         ([], "--name"),
     ],
 )
@@ -76,3 +79,19 @@ def test_listapikeys_shows_previews_not_secrets(make_key):
     assert key.preview in out and "listed" in out
     assert raw not in out and key.key_hash not in out
     assert "revoked" in out
+
+
+def test_createapikey_sets_the_gpu_sharing_fields(db):
+    out, _ = run(
+        "createapikey",
+        "--name",
+        "nightly",
+        "--max-concurrent",
+        "2",
+        "--priority",
+        "batch",
+        "--tokens-per-minute",
+        "50000",
+    )
+    key = ApiKey.objects.get(key_hash=crypto.hash_key(out.strip()))
+    assert (key.max_concurrent, key.priority, key.tokens_per_minute) == (2, "batch", 50000)

@@ -109,6 +109,9 @@ def test_revoke_unknown_key_is_404(admin):
         ({"name": "x", "token_quota": 0}, "token_quota", ["greater than or equal to 1"]),
         ({"name": "x", "rate_limit": 10**23}, "rate_limit", ["less than or equal to"]),
         ({"name": "x", "token_quota": 2**64}, "token_quota", ["less than or equal to"]),
+        ({"name": "x", "max_concurrent": 0}, "max_concurrent", ["greater than or equal to 1"]),
+        ({"name": "x", "priority": "urgent"}, "priority", ["interactive", "batch"]),
+        ({"name": "x", "tokens_per_minute": 0}, "tokens_per_minute", ["greater than"]),
     ],
 )
 def test_bad_input_gets_400_naming_the_field(admin, payload, field, words):
@@ -151,3 +154,27 @@ def test_a_body_announced_too_large_gets_413(admin, settings):
     assert response.status_code == 413
     assert str(settings.DATA_UPLOAD_MAX_MEMORY_SIZE) in response.json()["detail"]
     assert not ApiKey.objects.filter(name="big").exists()
+
+
+def test_create_with_gpu_sharing_fields(admin):
+    response = admin.post(
+        "/api/keys",
+        {"name": "batch", "max_concurrent": 3, "priority": "batch", "tokens_per_minute": 9000},
+        format="json",
+    )
+    assert response.status_code == 201
+    body = response.json()
+    assert (body["max_concurrent"], body["priority"], body["tokens_per_minute"]) == (
+        3,
+        "batch",
+        9000,
+    )
+    stored = ApiKey.objects.get(preview=body["preview"])
+    assert (stored.max_concurrent, stored.priority, stored.tokens_per_minute) == (3, "batch", 9000)
+    # Defaults: no cap, interactive, no per-minute limit.
+    plain = admin.post("/api/keys", {"name": "plain"}, format="json").json()
+    assert (plain["max_concurrent"], plain["priority"], plain["tokens_per_minute"]) == (
+        None,
+        "interactive",
+        None,
+    )

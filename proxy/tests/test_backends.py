@@ -286,3 +286,20 @@ def test_new_protocols_route_by_model_and_fail_over(pooled, trio, user_key):
     assert answer.status_code == 200 and answer.json()["type"] == "message"
     records = wait_for_records(2, route="/v1/messages")
     assert [r.backend for r in records] == [names(trio["b"])] * 2
+
+
+def test_queued_requests_count_as_load_when_choosing_a_server(pooled, trio, user_key, settings):
+    """With a gateway queue (one slot per server), requests waiting for a server make it busier:
+    four requests for a model on a and b go two and two, not three behind one slot."""
+    settings.OLLAMA_NUM_PARALLEL = 1
+    backend_pool().check_all()
+    for state in backend_pool().states:
+        state.loaded = frozenset()
+    for server in trio.values():
+        server.configure(ttft=1.0)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(
+            pool.map(lambda _: generate(pooled, user_key[1], "llama3.2", keep_alive=0), range(4))
+        )
+    assert [a.status_code for a in answers] == [200] * 4
+    assert [len(asking_for(trio[name], "llama3.2")) for name in "abc"] == [2, 2, 0]

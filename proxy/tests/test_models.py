@@ -55,3 +55,27 @@ def test_link_local_allowed_when_the_setting_says_so(db, settings):
     Backend(name="gpu-1", url="http://169.254.10.10:11434").full_clean()
     with pytest.raises(ValidationError):  # the shape rules still hold
         Backend(name="gpu-1", url="http://169.254.10.10:11434/x").full_clean()
+
+
+def test_num_parallel_seeds_every_server_and_the_admin_value_wins(db, settings):
+    from proxy.backends import configured_backends
+    from proxy.models import Backend
+    from proxy.services import backends_bootstrap
+
+    settings.OLLAMA_BASE_URL = "http://gpu-1:11434,http://gpu-2:11434"
+    settings.OLLAMA_NUM_PARALLEL = 2
+    backends_bootstrap()
+    assert sorted(Backend.objects.values_list("parallel", flat=True)) == [2, 2]
+    Backend.objects.filter(name="ollama-1").update(parallel=4)
+    Backend.objects.create(name="gpu-3", url="http://gpu-3:11434")
+    backends_bootstrap()
+    assert dict(Backend.objects.values_list("name", "parallel")) == {
+        "ollama-1": 4,
+        "ollama-2": 2,
+        "gpu-3": 2,
+    }
+    assert {c.name: c.parallel for c in configured_backends()} == {
+        "ollama-1": 4,
+        "ollama-2": 2,
+        "gpu-3": 2,
+    }

@@ -283,3 +283,22 @@ def test_servers_table_sums_every_worker(served, make_key, client, django_user_m
         assert set(pool.map(generate, range(40))) == {200}
     wait_for_records(40, key__name="spread")
     assert served_requests() - before == 40
+
+
+def test_dashboard_shows_the_queue_by_server_and_wait_by_key(
+    staff_client, record_usage, make_key, settings
+):
+    settings.OLLAMA_NUM_PARALLEL = 2
+    alice, _ = make_key(name="alice")
+    bob, _ = make_key(name="bob")
+    record_usage(key=alice, queue_wait_ms=100.0)
+    record_usage(key=alice, queue_wait_ms=300.0)
+    record_usage(key=bob)  # no queue: not listed
+    page = staff_client.get(DASHBOARD).content.decode()
+    queue = page[page.index('id="queue"') :]
+    assert "ollama-1" in queue
+    servers = queue[: queue.index('id="queue-waits"')]
+    assert re.search(r"<td>ollama-1</td>\s*<td[^>]*>2</td>\s*<td[^>]*>0</td>", servers)
+    waits = queue[queue.index('id="queue-waits"') :]
+    assert "alice" in waits and "bob" not in waits
+    assert re.search(r">2</td>\s*<td[^>]*>200</td>", waits)

@@ -16,12 +16,34 @@ class Command(BaseCommand):
         parser.add_argument("--role", choices=ApiKey.Role.values, default=ApiKey.Role.USER)
         parser.add_argument("--rate-limit", type=int, help="Requests per hour (default by role).")
         parser.add_argument("--token-quota", type=int, help="Tokens per day (default: none).")
+        parser.add_argument(
+            "--max-concurrent", type=int, help="Generations running at once (default: no cap)."
+        )
+        parser.add_argument(
+            "--priority", choices=ApiKey.Priority.values, default=ApiKey.Priority.INTERACTIVE
+        )
+        parser.add_argument(
+            "--tokens-per-minute", type=int, help="Tokens per clock minute (default: none)."
+        )
         parser.add_argument("--expires-in", type=float, metavar="DAYS")
         parser.add_argument(
             "--models", default="", help="Comma-separated allowlist (default: all)."
         )
 
-    def handle(self, *args, name, role, rate_limit, token_quota, expires_in, models, **options):
+    def handle(
+        self,
+        *args,
+        name,
+        role,
+        rate_limit,
+        token_quota,
+        max_concurrent,
+        priority,
+        tokens_per_minute,
+        expires_in,
+        models,
+        **options,
+    ):
         if expires_in is not None and expires_in <= 0:
             raise CommandError("--expires-in must be a positive number of days.")
         expires_at = timezone.now() + timedelta(days=expires_in) if expires_in else None
@@ -31,6 +53,9 @@ class Command(BaseCommand):
                 role=role,
                 rate_limit=rate_limit,
                 token_quota=token_quota,
+                max_concurrent=max_concurrent,
+                priority=priority,
+                tokens_per_minute=tokens_per_minute,
                 expires_at=expires_at,
                 allowed_models=[m for m in models.split(",") if m.strip()],
                 created_by="manage.py",
