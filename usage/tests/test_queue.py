@@ -11,9 +11,9 @@ import pytest
 import requests
 from django.db import connection
 
-from conftest import free_port, start_gunicorn, wait_for_records
 from devollama.server import FakeOllama, _Handler
 from ollama_gateway import db
+from testsupport import bearer, free_port, start_gunicorn, wait_for_records
 from usage.models import Slot, TokenCounter, UsageRecord
 from usage.queue import _memory
 
@@ -21,10 +21,6 @@ postgresql_only = pytest.mark.skipif(
     "connection.vendor != 'postgresql'", reason="the shared queue lives in PostgreSQL"
 )
 GENERATIONS = ("/api/generate", "/api/chat", "/v1/chat/completions", "/v1/completions")
-
-
-def bearer(raw):
-    return {"Authorization": f"Bearer {raw}"}
 
 
 class Upstream:
@@ -217,6 +213,11 @@ def test_a_batch_request_waits_while_an_interactive_one_waits(
             {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]},
             "openai",
         ),
+        (
+            "/v1/messages",
+            {"model": "llama3.2", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+            "anthropic",
+        ),
     ],
 )
 def test_queue_timeout_answers_503_or_429_in_the_route_shape(
@@ -241,7 +242,11 @@ def test_queue_timeout_answers_503_or_429_in_the_route_shape(
         assert answer.status_code == status
         assert int(answer.headers["Retry-After"]) >= 1
         error = answer.json()["error"]
-        if shape == "openai":
+        if shape == "anthropic":
+            # What the anthropic SDK maps to RateLimitError and OverloadedError (InternalServer).
+            assert answer.json()["type"] == "error"
+            assert error["type"] == ("rate_limit_error" if status == 429 else "overloaded_error")
+        elif shape == "openai":
             assert error["type"] == ("rate_limit_error" if status == 429 else "api_error")
             assert error["message"]
         else:
