@@ -76,12 +76,17 @@ def api_exception_response(exc: exceptions.APIException, surface: str) -> JsonRe
     return error_response(surface, exc.status_code, _flatten(exc.detail), headers=headers)
 
 
+# The management routes under /api/ (DRF's synchronous views, `{"detail"}` errors); every other
+# /api/ route is a model route.
+MANAGEMENT_PREFIXES = ("/api/keys", "/api/stats", "/api/admin", "/api/schema")
+
+
 def surface_for_path(path: str) -> str:
     if path == "/v1/messages" or path.startswith("/v1/messages/"):
         return ANTHROPIC
     if path.startswith("/v1/"):
         return OPENAI
-    if path.startswith("/api/") and not path.startswith(("/api/keys", "/api/stats", "/api/admin")):
+    if path.startswith("/api/") and not path.startswith(MANAGEMENT_PREFIXES):
         return OLLAMA
     return DRF
 

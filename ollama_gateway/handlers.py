@@ -24,16 +24,21 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
+from django.http import Http404
 from django.urls import set_script_prefix, set_urlconf
+from django.utils.log import log_response
 from django.utils.module_loading import import_string
 
 from ollama_gateway import db, runtime
-from ollama_gateway.errors import error_response, surface_for_path
+from ollama_gateway.errors import (
+    MANAGEMENT_PREFIXES,
+    error_response,
+    handler404,
+    surface_for_path,
+)
 
 logger = logging.getLogger("ollama_gateway.server")
 
-# Management routes under /api/ that are served by DRF's synchronous views.
-_MANAGEMENT_PREFIXES = ("/api/keys", "/api/stats", "/api/admin", "/api/schema")
 # Uploads of model blobs are gigabytes: no size cap, only the minimum rate.
 _UNCAPPED_PREFIXES = ("/api/blobs/",)
 
@@ -41,7 +46,7 @@ _UNCAPPED_PREFIXES = ("/api/blobs/",)
 def is_model_route(path: str) -> bool:
     if path.startswith("/v1/"):
         return True
-    return path.startswith("/api/") and not path.startswith(_MANAGEMENT_PREFIXES)
+    return path.startswith("/api/") and not path.startswith(MANAGEMENT_PREFIXES)
 
 
 class BodyRefused(Exception):
@@ -124,7 +129,7 @@ class ModelRoutesHandler(GatewayASGIHandler):
         self._view_middleware = []
         self._template_response_middleware = []
         self._exception_middleware = []
-        handler = convert_exception_to_response(self._get_response_async)
+        handler = convert_exception_to_response(self._get_response_inline_404)
         for path in reversed(settings.MODEL_ROUTE_MIDDLEWARE):
             middleware = import_string(path)(handler)
             if not getattr(middleware, "async_capable", False) or not iscoroutinefunction(
@@ -133,6 +138,24 @@ class ModelRoutesHandler(GatewayASGIHandler):
                 raise ImproperlyConfigured(f"{path} must be async-capable (MODEL_ROUTE_MIDDLEWARE)")
             handler = convert_exception_to_response(middleware)
         self._middleware_chain = handler
+
+    async def _get_response_inline_404(self, request):
+        """An unknown path answers here (Django's converter would build its 404 in a thread)."""
+        try:
+            return await self._get_response_async(request)
+        except Http404:
+            return handler404(request)
+
+    async def get_response_async(self, request):
+        """Django's, less its thread hop to log an error answer (logging needs no thread)."""
+        set_urlconf(settings.ROOT_URLCONF)
+        response = await self._middleware_chain(request)
+        response._resource_closers.append(request.close)
+        if response.status_code >= 400:
+            log_response(
+                "%s: %s", response.reason_phrase, request.path, response=response, request=request
+            )
+        return response
 
     async def __call__(self, scope, receive, send):
         # No ThreadSensitiveContext: nothing here runs in a thread.
@@ -248,7 +271,8 @@ async def _lifespan(receive, send):
             runtime.start_serving()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            await runtime.stop_serving()
+            # Within the 5 s gunicorn leaves after the graceful timeout (server.py).
+            await runtime.stop_serving(timeout=4.0)
             from usage.queue import close_queue
 
             await close_queue()

@@ -50,3 +50,16 @@ class TextFormatter(logging.Formatter):
 def _text_value(value) -> str:
     text = str(value)
     return text if _BARE.fullmatch(text) else json.dumps(text)
+
+
+class RedactKeys(logging.Filter):
+    """The last guard: whatever a log line says (Django's own "Service Unavailable: /api/keys/
+    <path>" included), a raw API key in it is cut to its preview."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from keys.crypto import KEY_PREFIX, redact_keys
+
+        message = record.getMessage()
+        if KEY_PREFIX in message:
+            record.msg, record.args = redact_keys(message), None
+        return True

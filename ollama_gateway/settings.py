@@ -346,11 +346,13 @@ LOGGING = {
         "text": {"()": "ollama_gateway.logs.TextFormatter"},
         "json": {"()": "ollama_gateway.logs.JsonFormatter"},
     },
+    "filters": {"redact_keys": {"()": "ollama_gateway.logs.RedactKeys"}},
     "handlers": {
         "stdout": {
             "class": "logging.StreamHandler",
             "stream": "ext://sys.stdout",
             "formatter": "json" if LOG_FORMAT == "json" else "text",
+            "filters": ["redact_keys"],
         }
     },
     "root": {"handlers": ["stdout"], "level": LOG_LEVEL},

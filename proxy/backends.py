@@ -210,7 +210,15 @@ class BackendPool:
     async def achoose(self, model: str | None = None, exclude=()) -> BackendState | None:
         """`choose` from the event loop: a catalog refresh (blocking I/O) runs in a thread."""
         state = self.choose(model, exclude, refresh=False)
-        if len(self.states) > 1 and model and not self.anyone_lists(model):
+        if (
+            len(self.states) > 1
+            and model
+            and not self.anyone_lists(model)
+            # At most one re-read a second, and none while one runs: made-up model names
+            # cannot keep threads waiting.
+            and time.monotonic() - self._last_on_demand >= 1.0
+            and not self._refreshing.locked()
+        ):
             state = await asyncio.to_thread(self.choose, model, exclude)
         return state
 

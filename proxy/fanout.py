@@ -77,8 +77,10 @@ async def fan_out(request, states, path: str, body: bytes):
         for state in states:
             try:
                 reply = await send(state)
-                text = (await reply.read()).decode(errors="replace")
-                await reply.aclose()
+                try:
+                    text = (await reply.read()).decode(errors="replace")
+                finally:
+                    await reply.aclose()
                 results.append({"backend": state.name, "status": reply.status, "body": text})
             except (upstream.UpstreamUnreachable, upstream.UpstreamTimeout):
                 results.append({"backend": state.name, "status": 502, "body": upstream.UNREACHABLE})
@@ -98,7 +100,10 @@ async def fan_out(request, states, path: str, body: bytes):
                 continue
             try:
                 async for line in _lines(reply):
-                    event = {**json.loads(line), "backend": state.name}
+                    event = json.loads(line)
+                    if not isinstance(event, dict):
+                        raise ValueError("not a progress line")
+                    event = {**event, "backend": state.name}
                     if "error" in event:
                         failures.append(f"{state.name}: {event['error']}")
                     elif event.get("status") != "success":

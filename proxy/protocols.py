@@ -116,6 +116,9 @@ def usage_from_event(payload: dict) -> tuple[int | None, int | None] | None:
         return None
     if not isinstance(usage, dict):
         return None, None
+    if kind == "message_start":
+        # Its output count is the 0 of a message just begun, not a final count.
+        return _count(usage.get("input_tokens")), None
     return _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
 
 

@@ -35,6 +35,8 @@ _TOKEN_MARKERS = (
     b'"tool_calls"',
     b'"delta"',
 )
+# Events that open a block or an item (Anthropic, Responses) and carry no token yet.
+_OPENINGS = (b'_start"', b'.added"', b'.created"', b'.in_progress"')
 
 
 def read_usage(payload: dict) -> tuple[int | None, int | None]:
@@ -101,14 +103,25 @@ class StreamRelay:
         self.upstream_error = False
         self._tail = b""
         self._started = False
+        self._finished = False
+        self._generator = None
 
     def __aiter__(self):
-        return self._relay()
+        self._generator = self._relay()
+        return self._generator
 
     def close(self) -> None:
-        """The response's closer: a stream that never started (the client went away before
-        its first byte) still gives back its lease and reply, and is recorded."""
+        """The response's closer (Django registers it), run however the response ended.
+
+        A stream that never started (the client went away before its first byte) still gives
+        back its lease and reply, and is recorded. One that started and did not finish (a
+        stalled reader cut off, a client gone between chunks) is closed now: the server closed
+        only Django's wrapper around it, and its cleanup must not wait for the garbage
+        collector."""
+        if self._finished:
+            return
         if self._started:
+            runtime.spawn(self._generator.aclose())
             return
         self._started = True
         self.lease.release()
@@ -145,6 +158,7 @@ class StreamRelay:
         finally:
             # Also reached when the client went away (GeneratorExit, CancelledError): nothing
             # here may wait on the network, so the record is handed to a background task.
+            self._finished = True
             metrics.STREAMS_IN_FLIGHT.dec()
             self.lease.release()
             await asyncio.shield(self.reply.aclose())
@@ -177,7 +191,7 @@ class StreamRelay:
                     self.completion_tokens = completion
                 if prompt is not None or completion is not None:
                     continue
-            if any(marker in line for marker in _TOKEN_MARKERS):
+            if any(m in line for m in _TOKEN_MARKERS) and not any(m in line for m in _OPENINGS):
                 self.relayed_tokens += 1
 
     def _without_usage_event(self, chunk: bytes) -> bytes:

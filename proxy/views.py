@@ -289,9 +289,11 @@ class ProxyView(ModelView):
         """The client's body, validated enough that Ollama never sees a bad one."""
         if request.method in ("GET", "HEAD"):
             return b""
-        length = request.META.get("CONTENT_LENGTH") or "0"
-        if length.isdigit() and int(length) > BIG_BODY:
-            # Read and parsed off the loop; the size was capped by the handler.
+        length = request.META.get("CONTENT_LENGTH") or ""
+        encoded = request.headers.get("Content-Encoding", "identity").lower() != "identity"
+        if encoded or not length.isdigit() or int(length) > BIG_BODY:
+            # Read (decoded) and parsed off the loop: a big body, one whose size is not known
+            # up front (chunked), or a compressed one (4 KB of zstd can be 50 MB of JSON).
             if not runtime.serving():
                 return await asyncio.to_thread(self.parse_body, request)
             loop = asyncio.get_running_loop()
@@ -374,8 +376,8 @@ class ProxyView(ModelView):
             drop_usage_event=getattr(request, "drop_usage_event", False),
         )
         if runtime.serving():
+            # Django registers `relay.close` as the response's closer.
             streaming = StreamingHttpResponse(relay, status=reply.status)
-            streaming._resource_closers.append(relay.close)
         else:
             # A per-request loop (Django's test client, WSGI) ends with the view: relay it all
             # before it does. Only the ASGI server streams.

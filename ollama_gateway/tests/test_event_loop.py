@@ -67,6 +67,9 @@ def test_a_request_costs_two_pooled_statements_and_no_thread(
     wait_for_records(2)
     # The key lookup with its rate-limit count; the record with its rollups.
     assert db.statements_sent - before == 2
+    # Refusals and unknown paths stay on the loop too.
+    assert requests.post(f"{gateway}/api/generate", json=body, timeout=10).status_code == 401
+    assert requests.get(f"{gateway}/api/nowhere", headers=auth, timeout=10).status_code == 404
     assert hops.count == 0
 
 

@@ -181,3 +181,29 @@ def test_rate_limited_records_keep_their_model(gateway, make_key, fake_ollama):
     assert answer.status_code == 429
     records = wait_for_records(2)
     assert [(r.status, r.model) for r in records] == [(200, "qwen2.5:0.5b"), (429, "qwen2.5:0.5b")]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/messages", {"max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}),
+        ("/v1/responses", {"input": "hi"}),
+    ],
+)
+def test_a_cut_anthropic_or_responses_stream_is_charged(gateway, user_key, fake_ollama, path, body):
+    fake_ollama.configure(tokens=50, token_delay=0.02)
+    response = requests.post(
+        f"{gateway}{path}",
+        json={"model": "llama3.2", "stream": True, **body},
+        headers=bearer(user_key[1]),
+        stream=True,
+        timeout=10,
+    )
+    events = (line for line in response.iter_lines() if line.startswith(b"data:"))
+    deltas = 0
+    while deltas < 10:
+        deltas += b"delta" in next(events)
+    response.close()
+    (record,) = wait_for_records(1)
+    assert record.outcome == "client_closed"
+    assert 8 <= record.completion_tokens < 50
