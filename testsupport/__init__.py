@@ -159,3 +159,21 @@ def settle(timeout: float = 3.0) -> None:
             if cursor.fetchone()[0] == 0:
                 return
             time.sleep(0.02)
+
+
+def content_of(response) -> bytes:
+    """A Django test client response's whole body, streamed (sync or async) or not. An async
+    stream is read through async_to_sync, so that its database reads run in this thread (the
+    test's transaction)."""
+    if not response.streaming:
+        return response.content
+    if not response.is_async:
+        return b"".join(response.streaming_content)
+    from asgiref.sync import async_to_sync
+
+    async def drain(content):
+        return b"".join(
+            [bytes(part, "utf-8") if isinstance(part, str) else part async for part in content]
+        )
+
+    return async_to_sync(drain)(response.streaming_content)

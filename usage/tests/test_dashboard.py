@@ -12,6 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from testsupport import content_of
 from usage.charts import WIDE, bar_chart
 
 DASHBOARD = "/admin/usage/usagerecord/dashboard/"
@@ -120,7 +121,7 @@ def test_csv_link_downloads_the_same_period(staff_client, usage):
     response = staff_client.get(link)
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/csv")
-    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    rows = list(csv.DictReader(io.StringIO(content_of(response).decode())))
     assert {row["request_id"] for row in rows} == IN_PERIOD
 
 
@@ -132,7 +133,7 @@ def test_csv_covers_the_counted_hours(staff_client, record_usage):
     assert cards(response)["requests"] == "1"
     page = response.content.decode()
     link = html.unescape(re.search(r'href="([^"]+)" id="download-csv"', page).group(1))
-    assert b"req-first-hour" in b"".join(staff_client.get(link).streaming_content)
+    assert b"req-first-hour" in content_of(staff_client.get(link))
 
 
 def test_csv_rejects_an_invalid_period(staff_client):

@@ -6,6 +6,7 @@ import pytest
 from django.db.models import Sum
 from django.utils import timezone
 
+from testsupport import content_of
 from usage.models import UsageRecord
 from usage.services import Exchange, usage_record
 from usage.stats import percentile
@@ -100,7 +101,7 @@ def test_bad_parameters_get_400(admin_key, client_for, params, field):
 def test_csv_export(traffic, admin_key, client_for):
     response = client_for(admin_key[1]).get("/api/admin/usage.csv")
     assert response["Content-Type"].startswith("text/csv")
-    lines = b"".join(response.streaming_content).decode().splitlines()
+    lines = content_of(response).decode().splitlines()
     assert lines[0].startswith("started_at,key_preview,key_name")
     chats = [line for line in lines if ",/api/chat," in line]
     assert len(chats) == 8
