@@ -133,12 +133,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "active",
         "per_hour",
         "tokens_per_day",
-        "at_once",
-        "priority",
         "last_used",
         "expires",
     ]
-    list_filter = ["role", "is_active", "created_at"]
+    list_filter = ["role", "priority", "is_active", "created_at"]
     search_fields = ["name", "preview"]
     readonly_fields = [
         "preview",
@@ -162,10 +160,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.display(description="tokens / day", ordering="token_quota")
     def tokens_per_day(self, obj):
         return None if obj.token_quota is None else _compact(obj.token_quota)
-
-    @admin.display(description="at once", ordering="max_concurrent")
-    def at_once(self, obj):
-        return obj.max_concurrent
 
     @admin.display(description="last used", ordering="last_used_at")
     def last_used(self, obj):

@@ -35,9 +35,9 @@ class Upstream:
         local = threading.local()
         answer, handle = FakeOllama._answer, _Handler._handle
 
-        def answered(fake, request):
+        def answered(fake, request, **options):
             local.request = request
-            return answer(fake, request)
+            return answer(fake, request, **options)
 
         def handled(handler):
             local.request = None
