@@ -20,6 +20,18 @@ CREATED_TOKENS_SESSION_KEY = "keys_created_tokens"
 CREATED_TOKENS_KEPT = 20
 
 
+# What the add and the change forms both set (the role is set once, at creation).
+SETTABLE_FIELDS = [
+    "rate_limit",
+    "token_quota",
+    "max_concurrent",
+    "priority",
+    "tokens_per_minute",
+    "expires_at",
+    "allowed_models",
+]
+
+
 class ModelListField(forms.CharField):
     """Allowed models as comma-separated text; stored as a JSON list."""
 
@@ -56,17 +68,7 @@ class ApiKeyCreateForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = [
-            "name",
-            "role",
-            "rate_limit",
-            "token_quota",
-            "max_concurrent",
-            "priority",
-            "tokens_per_minute",
-            "expires_at",
-            "allowed_models",
-        ]
+        fields = ["name", "role", *SETTABLE_FIELDS]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -110,16 +112,7 @@ class ApiKeyChangeForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = [
-            "name",
-            "rate_limit",
-            "token_quota",
-            "max_concurrent",
-            "priority",
-            "tokens_per_minute",
-            "expires_at",
-            "allowed_models",
-        ]
+        fields = ["name", *SETTABLE_FIELDS]
 
 
 @admin.register(ApiKey)
