@@ -542,7 +542,24 @@ Machine: {machine["nproc"]} CPUs ({machine["cpu_model"]}), {machine["memory_gib"
 Linux {machine["kernel"]}, Python {machine["python"]}, PostgreSQL {machine["postgresql"]}; the
 clients, the development Ollama, PostgreSQL and the gateways share those cores.
 
-{markdown(results)}"""
+{markdown(results)}
+Notes:
+
+- Interactive requests through the gateway wait for the next free slot: the first batch
+  generations end about one generation after they started, and the interactive key, with none
+  running, goes before the batch key's waiting streams. Directly, they wait for all
+  {results["config"]["batch_streams"]}.
+- Two saturating keys: when key A's requests arrive first, A takes both free slots before anything
+  waits (no queue decision is involved); from then on the keys alternate, so A finishes one
+  generation before B, 1/{results["config"]["saturating"]} of the run: the figure sits at the
+  10 % limit by construction (directly, FIFO: A finishes in half the time, 50 %).
+- Scheduler cost: the two statements (`gateway_queue_enter` before contacting Ollama,
+  `gateway_queue_release` after the answer) took about 0.11 ms each from a plain client when
+  measured by hand (2026-12-05); the rest of the added time is on the gateway's side of those
+  round trips: see [performance.md](performance.md#issue-12-sharing-the-gpu).
+- Full results: `bench/results/sharing.json` (not committed); knobs: `python -m bench.sharing
+  --help`.
+"""
 
 
 def write(results: dict, *, write_docs: bool) -> None:
