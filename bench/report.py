@@ -6,6 +6,7 @@ from bench.processes import ROOT
 
 RESULTS_JSON = ROOT / "bench" / "results" / "latest.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
+SHARING_SECTION = "## Sharing the GPU (issue 12)"  # bench/sharing.py writes it: the last one
 FLAT_FACTOR = 1.5  # "flat": p50 at the largest size at most this many times the smallest's
 STATS_GOAL_MS = 50
 MEMORY_GOAL_MIB = 150e6 / 2**20  # 150 MB; VmRSS is in KiB
@@ -618,4 +619,7 @@ def write(results: dict, *, write_docs: bool) -> None:
     RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_JSON.write_text(json.dumps(results, indent=2, default=str) + "\n")
     if write_docs:
-        DOCS.write_text(docs(results))
+        # The sharing section (bench/sharing.py, run on its own) survives this rewrite.
+        old = DOCS.read_text() if DOCS.exists() else ""
+        kept = old[old.find(SHARING_SECTION) :] if SHARING_SECTION in old else ""
+        DOCS.write_text(docs(results) + ("\n" + kept if kept else ""))

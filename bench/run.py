@@ -10,6 +10,11 @@
 The gateway runs under its production configuration (`gunicorn -c gunicorn.conf.py`, event-loop
 workers) in every part. Results print as Markdown, go to bench/results/latest.json and, with
 --write-docs, to docs/benchmarks.md.
+
+The sharing scenario of issue 12 (a fair GPU queue: direct FIFO against the gateway's queue,
+two saturating keys, the scheduler's cost) runs on its own: `.venv/bin/python -m bench.sharing
+[--write-docs]` or `make bench-sharing` (`python -m bench.sharing --help`); it keeps its section
+of docs/benchmarks.md, which this run's --write-docs leaves in place.
 """
 
 import argparse
