@@ -151,9 +151,12 @@ def settings_backends() -> list[BackendConfig]:
 
 
 class BackendPool:
-    def __init__(self, configs: list[BackendConfig]):
+    def __init__(self, configs: list[BackendConfig], previous: "BackendPool | None" = None):
         self.configs = configs
-        self.states = [self._state(c) for c in configs]
+        # A server whose configuration did not change keeps its state object: its requests in
+        # flight (whose leases hold that object) stay counted, and its connections stay open.
+        kept = dict(zip(previous.configs, previous.states, strict=True)) if previous else {}
+        self.states = [kept.get(c) or self._state(c) for c in configs]
         self.loaded_at = time.monotonic()
         self._refreshing = threading.Lock()
         self._last_on_demand = 0.0
@@ -312,7 +315,7 @@ def _reload(current: BackendPool | None) -> BackendPool:
     if current is not None and current.configs == configs:
         current.loaded_at = time.monotonic()
         return current
-    pool = BackendPool(configs)
+    pool = BackendPool(configs, previous=current)
     if current is None and len(pool.states) > 1:
         # First use in this process: know the servers before routing to them.
         pool.check_all()
@@ -320,7 +323,7 @@ def _reload(current: BackendPool | None) -> BackendPool:
         # Keep what this process learnt about servers that stay.
         for state in pool.states:
             old = current.by_name(state.name)
-            if old is not None and old.url == state.url:
+            if old is not None and old is not state and old.url == state.url:
                 state.healthy, state.down_until = old.healthy, old.down_until
                 state.models, state.loaded = old.models, old.loaded
     return pool

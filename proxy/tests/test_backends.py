@@ -303,3 +303,19 @@ def test_queued_requests_count_as_load_when_choosing_a_server(pooled, trio, user
         )
     assert [a.status_code for a in answers] == [200] * 4
     assert [len(asking_for(trio[name], "llama3.2")) for name in "abc"] == [2, 2, 0]
+
+
+def test_a_configuration_change_keeps_the_state_of_unchanged_servers(db, trio, settings):
+    """Requests in flight stay counted on a server whose configuration did not change."""
+    from proxy import backends
+
+    urls = [server.url for server in trio.values()]
+    settings.OLLAMA_BASE_URL = ",".join(urls[:2])
+    before = backend_pool()
+    lease = backends.Lease(before.states[0])
+    settings.OLLAMA_BASE_URL = ",".join(urls)  # a third server joins
+    after = backends._reload(before)
+    assert len(after.states) == 3
+    assert after.states[0] is before.states[0] and after.states[0].in_flight == 1
+    lease.release()
+    assert after.states[0].in_flight == 0
