@@ -162,32 +162,18 @@ def main(argv: list[str] | None = None) -> None:
                     warm.generate()
             cpu_before, wall_before = _cpu_by_process(), time.monotonic()
             children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            seconds = args.seconds if args.load == "wrk" else 12
+            if args.load != "wrk":
+                with Client(fake.port) as control:
+                    config = {"tokens": 20, "token_delay": 0.02}
+                    control.call("POST", "/_fake/config", json.dumps(config).encode())
+            py_spy = None if args.cpu_only else args.py_spy
+            spy = _record(py_spy, worker, seconds, args.rate, args.idle, out)
             if args.load == "wrk":
-                seconds = args.seconds
-                spy = _record(
-                    None if args.cpu_only else args.py_spy,
-                    worker,
-                    seconds,
-                    args.rate,
-                    args.idle,
-                    out,
-                )
                 load = throughput.wrk(
                     gateway.port, seconds=seconds, threads=2, connections=32, key=key
                 )
             else:
-                with Client(fake.port) as control:
-                    config = {"tokens": 20, "token_delay": 0.02}
-                    control.call("POST", "/_fake/config", json.dumps(config).encode())
-                seconds = 12
-                spy = _record(
-                    None if args.cpu_only else args.py_spy,
-                    worker,
-                    seconds,
-                    args.rate,
-                    args.idle,
-                    out,
-                )
                 time.sleep(0.5)
                 load = streams.run_streams(
                     gateway.port, key=key, count=args.streams, ramp=0.0, timeout=60, spacing=0.02

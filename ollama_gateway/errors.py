@@ -20,7 +20,7 @@ from django.http import JsonResponse
 from rest_framework import exceptions
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from proxy.protocols import ANTHROPIC, RESPONSES, anthropic_error_body
+from proxy.protocols import ANTHROPIC, RESPONSES, anthropic_error_body, too_large
 
 logger = logging.getLogger("ollama_gateway.errors")
 
@@ -102,6 +102,20 @@ def _flatten(data) -> str:
     return str(data)
 
 
+def database_unavailable(request, surface: str, exc: Exception) -> JsonResponse:
+    """Keys and limits cannot be checked: fail closed, quickly, and say why (503)."""
+    logger.error(
+        "database unavailable: %s",
+        type(exc).__name__,
+        extra={"request_id": getattr(request, "request_id", None)},
+    )
+    exchange = getattr(request, "exchange", None)
+    if exchange is not None:
+        # Its record has nowhere to go; trying would only hold the caller another timeout.
+        exchange.recorded = True
+    return error_response(surface, 503, DATABASE_UNAVAILABLE)
+
+
 def exception_handler(exc, context):
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(
@@ -113,20 +127,9 @@ def exception_handler(exc, context):
     if isinstance(exc, RequestDataTooBig):
         # Django refuses to read a body announced larger than DATA_UPLOAD_MAX_MEMORY_SIZE.
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        return error_response(surface, 413, f"The request body is larger than {limit} bytes.")
+        return error_response(surface, 413, too_large(limit).message)
     if isinstance(exc, (OperationalError, InterfaceError)):
-        # Keys and limits cannot be checked: fail closed, quickly, and say why.
-        request = context.get("request")
-        exchange = getattr(request, "exchange", None)
-        logger.error(
-            "database unavailable: %s",
-            type(exc).__name__,
-            extra={"request_id": getattr(request, "request_id", None)},
-        )
-        if exchange is not None:
-            # Its record has nowhere to go; trying would only hold the caller another timeout.
-            exchange.recorded = True
-        return error_response(surface, 503, DATABASE_UNAVAILABLE)
+        return database_unavailable(context.get("request"), surface, exc)
     if response is None:
         # Not an API exception: a bug. Log it; the caller gets no stack trace.
         logger.exception("unhandled error", exc_info=exc)

@@ -36,6 +36,7 @@ from ollama_gateway.errors import (
     handler404,
     surface_for_path,
 )
+from proxy.protocols import ProtocolError, too_large
 
 logger = logging.getLogger("ollama_gateway.server")
 
@@ -47,13 +48,6 @@ def is_model_route(path: str) -> bool:
     if path.startswith("/v1/"):
         return True
     return path.startswith("/api/") and not path.startswith(MANAGEMENT_PREFIXES)
-
-
-class BodyRefused(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class ClientStalled(Exception):
@@ -73,7 +67,7 @@ def guarded_receive(scope, receive):
     limit = settings.MAX_REQUEST_BODY_BYTES
     for name, value in scope.get("headers", ()):
         if capped and name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise BodyRefused(413, _too_large())
+            raise too_large(settings.MAX_REQUEST_BODY_BYTES)
     deadline = time.monotonic() + settings.REQUEST_BODY_TIMEOUT
     received = 0
     complete = False
@@ -86,12 +80,12 @@ def guarded_receive(scope, receive):
             async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
                 message = await receive()
         except TimeoutError:
-            raise BodyRefused(408, "The request body did not arrive in time.") from None
+            raise ProtocolError(408, "The request body did not arrive in time.") from None
         chunk = message.get("body", b"")
         received += len(chunk)
         deadline += len(chunk) / settings.REQUEST_BODY_MIN_RATE
         if capped and received > limit:
-            raise BodyRefused(413, _too_large())
+            raise too_large(settings.MAX_REQUEST_BODY_BYTES)
         complete = message["type"] != "http.request" or not message.get("more_body", False)
         return message
 
@@ -104,22 +98,18 @@ class GatewayASGIHandler(ASGIHandler):
     async def __call__(self, scope, receive, send):
         try:
             await super().__call__(scope, receive, send)
-        except BodyRefused as exc:
+        except ProtocolError as exc:
             await _refuse(scope, send, exc, self.send_response)
 
     async def handle(self, scope, receive, send):
         await super().handle(scope, guarded_receive(scope, receive), send)
 
 
-async def _refuse(scope, send, exc: BodyRefused, send_response) -> None:
+async def _refuse(scope, send, exc: ProtocolError, send_response) -> None:
     logger.info("request body refused: %s %s", exc.status, scope.get("path"))
     response = error_response(surface_for_path(scope["path"]), exc.status, exc.message)
     response["Connection"] = "close"
     await send_response(response, send)
-
-
-def _too_large() -> str:
-    return f"Request body is larger than {settings.MAX_REQUEST_BODY_BYTES} bytes."
 
 
 class ModelRoutesHandler(GatewayASGIHandler):
@@ -161,7 +151,7 @@ class ModelRoutesHandler(GatewayASGIHandler):
         # No ThreadSensitiveContext: nothing here runs in a thread.
         try:
             await self.handle(scope, receive, send)
-        except BodyRefused as exc:
+        except ProtocolError as exc:
             await _refuse(scope, send, exc, self.send_response)
 
     async def handle(self, scope, receive, send):

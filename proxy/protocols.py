@@ -146,8 +146,10 @@ def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
     raise ProtocolError(415, f"Unsupported Content-Encoding {encoding!r}: send zstd, gzip or none.")
 
 
-def _too_large(limit: int) -> ProtocolError:
-    return ProtocolError(413, f"Request body is larger than {limit} bytes once decompressed.")
+def too_large(limit: int, *, decompressed: bool = False) -> ProtocolError:
+    """The one 413 of a body over `limit` bytes, whoever finds it (see also handlers.py)."""
+    once = " once decompressed" if decompressed else ""
+    return ProtocolError(413, f"Request body is larger than {limit} bytes{once}.")
 
 
 def _bounded_zstd(body: bytes, limit: int) -> bytes:
@@ -155,7 +157,7 @@ def _bounded_zstd(body: bytes, limit: int) -> bytes:
     try:
         # A frame that declares its size (one-shot compressors write it) is judged unread.
         if zstandard.frame_content_size(body) > limit:
-            raise _too_large(limit)
+            raise too_large(limit, decompressed=True)
         # A stream reader hands out at most what is asked of it, frame after frame.
         with zstandard.ZstdDecompressor().stream_reader(
             io.BytesIO(body), read_across_frames=True
@@ -163,7 +165,7 @@ def _bounded_zstd(body: bytes, limit: int) -> bytes:
             while block := reader.read(_DECODE_STEP):
                 out += block
                 if len(out) > limit:
-                    raise _too_large(limit)
+                    raise too_large(limit, decompressed=True)
     except zstandard.ZstdError:
         raise ProtocolError(400, "Request body is not valid zstd.") from None
     return bytes(out)
@@ -178,7 +180,7 @@ def _bounded_gzip(body: bytes, limit: int) -> bytes:
             while data:
                 out += decoder.decompress(data, _DECODE_STEP)
                 if len(out) > limit:
-                    raise _too_large(limit)
+                    raise too_large(limit, decompressed=True)
                 data = decoder.unconsumed_tail
             if not decoder.eof:
                 raise ProtocolError(400, "Request body is truncated gzip.")

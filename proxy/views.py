@@ -25,16 +25,17 @@ from keys.permissions import IsAdminKey, IsApiKey
 from ollama_gateway import runtime
 from ollama_gateway.errors import (
     ANTHROPIC,
-    DATABASE_UNAVAILABLE,
     OLLAMA,
     OPENAI,
     RESPONSES,
     api_exception_response,
+    database_unavailable,
     error_response,
 )
 from proxy import protocols, upstream
 from proxy.backends import Lease, abackend_pool
 from proxy.policy import apply_server_policy
+from proxy.protocols import ProtocolError
 from proxy.streaming import StreamRelay, usage_from_body
 from usage.limits import KeyRateThrottle
 from usage.queue import slot_acquire
@@ -72,13 +73,6 @@ def is_stream(reply) -> bool:
     return reply.ok and reply.headers.get("Content-Type", "").startswith(STREAM_TYPES)
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def not_found_message(surface: str, model: str) -> str:
     """Exactly what Ollama says for a model it does not have, so allowlists do not leak."""
     if surface != OLLAMA:
@@ -110,16 +104,7 @@ class ModelView(APIView):
                 self.note_model(request)
             return api_exception_response(exc, self.error_surface)
         except (OperationalError, InterfaceError) as exc:
-            # Keys and limits cannot be checked: fail closed, quickly, and say why.
-            logger.error(
-                "database unavailable: %s",
-                type(exc).__name__,
-                extra={"request_id": getattr(request, "request_id", None)},
-            )
-            if getattr(request, "exchange", None) is not None:
-                # Its record has nowhere to go; trying would only hold the caller again.
-                request.exchange.recorded = True
-            return error_response(self.error_surface, 503, DATABASE_UNAVAILABLE)
+            return database_unavailable(request, self.error_surface, exc)
 
     def note_model(self, request) -> None:
         """A refused request's record names the model it asked for, where that is cheap to
@@ -182,7 +167,7 @@ class ProxyView(ModelView):
     async def relay(self, request, **kwargs):
         try:
             body = b"" if self.raw_body else await self.read_body(request)
-        except BadRequest as exc:
+        except ProtocolError as exc:
             return error_response(self.error_surface, exc.status, exc.message)
         pool = await abackend_pool()
         return await self.route(request, pool, self.upstream_path.format(**kwargs), body)
@@ -306,24 +291,19 @@ class ProxyView(ModelView):
         limit = self.max_body_bytes or settings.MAX_REQUEST_BODY_BYTES
         length = request.META.get("CONTENT_LENGTH") or "0"
         if (length.isdigit() and int(length) > limit) or len(request.body) > limit:
-            raise BadRequest(413, f"Request body is larger than {limit} bytes.")
-        try:
-            # zstd (Codex) and gzip bodies: read decoded, bounded by the same limit.
-            body = protocols.decode_body(
-                request.body, request.headers.get("Content-Encoding"), limit
-            )
-            if self.multipart:
-                return self.read_multipart(request, body)
-        except protocols.ProtocolError as exc:
-            raise BadRequest(exc.status, exc.message) from None
+            raise protocols.too_large(limit)
+        # zstd (Codex) and gzip bodies: read decoded, bounded by the same limit.
+        body = protocols.decode_body(request.body, request.headers.get("Content-Encoding"), limit)
+        if self.multipart:
+            return self.read_multipart(request, body)
         if not self.names_model and not body:
             return body
         try:
             payload = json.loads(body)
         except (ValueError, RecursionError):
-            raise BadRequest(400, "Request body is not valid JSON.") from None
+            raise ProtocolError(400, "Request body is not valid JSON.") from None
         if not isinstance(payload, dict):
-            raise BadRequest(400, "Request body must be a JSON object.")
+            raise ProtocolError(400, "Request body must be a JSON object.")
         if self.names_model:
             # Ollama (Go) matches JSON keys case-insensitively and the last one wins: a
             # "MODEL" beside "model" would reach a model the allowlist never saw.
@@ -331,7 +311,7 @@ class ProxyView(ModelView):
                 k for k in payload if k.lower() in ("model", "name") and k not in MODEL_KEYS
             ]
             if variants:
-                raise BadRequest(
+                raise ProtocolError(
                     400, f"Unexpected field {variants[0]!r}: field names are lowercase."
                 )
             self.check_model(request, payload.get("model") or payload.get("name"))
@@ -352,10 +332,10 @@ class ProxyView(ModelView):
     def check_model(self, request, model) -> None:
         """Note the model a request names; one this key may not use does not exist."""
         if not isinstance(model, str) or not model.strip():
-            raise BadRequest(400, "model is required")
+            raise ProtocolError(400, "model is required")
         request.exchange.model = model
         if not request.user.allows_model(model):
-            raise BadRequest(404, not_found_message(self.error_surface, model))
+            raise ProtocolError(404, not_found_message(self.error_surface, model))
 
     def read_multipart(self, request, body: bytes) -> bytes:
         """A multipart form (an audio upload): its `model` field checked, its bytes untouched."""
@@ -485,7 +465,7 @@ class CountTokensView(AnthropicProxyView):
     async def relay(self, request, **kwargs):
         try:
             await self.read_body(request)
-        except BadRequest as exc:
+        except ProtocolError as exc:
             return error_response(self.error_surface, exc.status, exc.message)
         return error_response(
             self.error_surface,
