@@ -74,6 +74,7 @@ def _pool() -> AsyncConnectionPool:
             min_size=options.get("min_size", 1),
             max_size=options.get("max_size", 20),
             timeout=options.get("timeout", 5.0),
+            max_idle=options.get("max_idle", 60.0),
             open=False,
             name="hot-path",
         )

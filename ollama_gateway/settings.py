@@ -148,6 +148,9 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
             "min_size": env.int("DB_POOL_MIN_SIZE", default=1),
             "max_size": env.int("DB_POOL_MAX_SIZE", default=20),
             "timeout": env.float("DB_POOL_TIMEOUT", default=5.0),
+            # Connections opened for a burst are closed after this many idle seconds (one per
+            # period), so that a quiet replica gives them back to PostgreSQL's max_connections.
+            "max_idle": env.float("DB_POOL_MAX_IDLE", default=60.0),
         }
     else:
         _db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)

@@ -77,6 +77,10 @@ def start_gunicorn(port: int, **env) -> subprocess.Popen:
         "GUNICORN_WORKERS": "2",
         "GUNICORN_GRACEFUL_TIMEOUT": "10",
         "LOG_LEVEL": "WARNING",
+        # Several of these run beside the in-process gateway for the whole session: small pools
+        # that give burst connections back keep the suite far below PostgreSQL's 100.
+        "DB_POOL_MAX_SIZE": "5",
+        "DB_POOL_MAX_IDLE": "2",
         **env,
     }
     process = subprocess.Popen(
