@@ -58,7 +58,7 @@ class InProcessGateway:
         self.thread.join(timeout=20)
 
 
-def test_database_url() -> str:
+def suite_database_url() -> str:
     from django.db import connection
 
     db = connection.settings_dict
@@ -72,7 +72,7 @@ def start_gunicorn(port: int, **env) -> subprocess.Popen:
     """The gateway under its production gunicorn configuration, on the test database."""
     environment = {
         **os.environ,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": suite_database_url(),
         "PORT": str(port),
         "GUNICORN_WORKERS": "2",
         "GUNICORN_GRACEFUL_TIMEOUT": "10",

@@ -4,7 +4,9 @@
 to its hourly and daily rollups: one statement on PostgreSQL. Limits are in usage/limits.py.
 """
 
+import asyncio
 import bisect
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -99,22 +101,56 @@ _ROLLUP_UPSERT = (
 )
 
 
+# A key with `tokens_per_minute`: its tokens added to the minute's counter too (key, window,
+# tokens). Counted when the request ends, so answers running meanwhile can overshoot the
+# limit, as they can the daily quota.
+_MINUTES = TokenCounter._meta.db_table
+_MINUTE_ADD = (
+    f"INSERT INTO {_MINUTES} AS counter (key_id, window_start, tokens) VALUES (%s, %s, %s) "
+    "ON CONFLICT (key_id, window_start) DO UPDATE SET tokens = counter.tokens + excluded.tokens"
+)
+
+
+# --- PostgreSQL: any number of records in one statement --------------------------------------
+#
+# The records finished while the previous statement was in flight go together in the next one
+# (`_RecordWriter`): with one request at a time each goes alone, at once; under load a worker
+# writes several per round trip instead of one statement each. The values travel as one array
+# per column, so the statement's text and its 29 parameters are the same for any number of
+# records: psycopg caches its conversion and PostgreSQL runs it prepared after a few uses.
+
+# What the rollups add up, one array element per request (keyless refusals included).
+_COUNTED_COLUMNS = (
+    ("key_pk", "bigint"),
+    ("model", "text"),
+    ("outcome", "text"),
+    ("bucket", "int"),
+    ("prompt_tokens", "bigint"),
+    ("completion_tokens", "bigint"),
+    ("latency_ms", "float8"),
+    ("ttft_ms", "float8"),
+    ("queue_wait_ms", "float8"),
+    ("hour", "timestamptz"),
+    ("day", "timestamptz"),
+)
+RECORD_BATCH_MAX = 200
+
+
 def _pg_rollup_upsert() -> str:
-    """PostgreSQL: the hourly and the daily rollup row of one request, computed in SQL from
-    one small row of values (`counted`), so that the statement has few parameters: psycopg
-    caches the conversion of a statement of at most 50, and prepares it on the server after
-    a few uses. The same sums as `_rollup_params`, which SQLite and the checks use."""
+    """The hourly and the daily rollup rows of the `counted` requests, summed per row in SQL,
+    in one fixed order (concurrent statements then lock shared rows in the same order and
+    cannot deadlock). The same sums as `_rollup_params`, which SQLite and the checks use."""
     table = UsageRollup._meta.db_table
-    indicator = "({})::int"
+    indicator = "sum(({})::int)"
     sums = {
-        "requests": "1",
-        "prompt_tokens": "v.prompt_tokens",
-        "completion_tokens": "v.completion_tokens",
-        "latency_ms_sum": "v.latency_ms",
-        "ttft_ms_sum": "COALESCE(v.ttft_ms, 0)",
-        "ttft_count": indicator.format("v.ttft_ms IS NOT NULL"),
-        "queue_wait_ms_sum": "COALESCE(v.queue_wait_ms, 0)",
-        "queue_count": indicator.format("v.queue_wait_ms IS NOT NULL"),
+        "requests": "count(*)",
+        "prompt_tokens": "sum(v.prompt_tokens)",
+        "completion_tokens": "sum(v.completion_tokens)",
+        "latency_ms_sum": "sum(v.latency_ms)",
+        "ttft_ms_sum": "COALESCE(sum(v.ttft_ms), 0)",
+        "ttft_count": "count(v.ttft_ms)",
+        "queue_wait_ms_sum": "COALESCE(sum(v.queue_wait_ms), 0)",
+        "queue_count": "count(v.queue_wait_ms)",
         **{
             column: indicator.format(f"v.outcome = '{outcome}'")
             for outcome, column in OUTCOME_COLUMNS.items()
@@ -130,35 +166,39 @@ def _pg_rollup_upsert() -> str:
         f"CASE s.span WHEN '{UsageRollup.Span.HOUR}' THEN v.hour ELSE v.day END, {values} "
         f"FROM counted v CROSS JOIN (VALUES ('{UsageRollup.Span.HOUR}'), "
         f"('{UsageRollup.Span.DAY}')) AS s(span) "
+        "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 "
         f"ON CONFLICT ({', '.join(_ROLLUP_KEYS)}) DO UPDATE SET {updates}"
     )
 
 
-_PG_COUNTED = (
-    "WITH counted AS (SELECT %s::bigint AS key_pk, %s::text AS model, %s::text AS outcome, "
-    "%s::int AS bucket, %s::bigint AS prompt_tokens, %s::bigint AS completion_tokens, "
-    "%s::float8 AS latency_ms, %s::float8 AS ttft_ms, %s::float8 AS queue_wait_ms, "
-    "%s::timestamptz AS hour, %s::timestamptz AS day)"
-)
-# A key with `tokens_per_minute`: its tokens added to the minute's counter too (key, window,
-# tokens). Counted when the request ends, so answers running meanwhile can overshoot the
-# limit, as they can the daily quota.
-_MINUTES = TokenCounter._meta.db_table
-_MINUTE_ADD = (
-    f"INSERT INTO {_MINUTES} AS counter (key_id, window_start, tokens) VALUES (%s, %s, %s) "
-    "ON CONFLICT (key_id, window_start) DO UPDATE SET tokens = counter.tokens + excluded.tokens"
-)
-# PostgreSQL, one statement, one round trip, atomically: the record and its two rollup rows;
-# or (a request refused without a key) the rollup rows alone.
-_PG_RECORD_AND_ROLLUP = f"{_PG_COUNTED}, record AS ({_RECORD_INSERT}) {_pg_rollup_upsert()}"
-_PG_ROLLUP_ONLY = f"{_PG_COUNTED} {_pg_rollup_upsert()}"
-# ... and, for a key with `tokens_per_minute`, the minute's counter: still one round trip.
-_PG_RECORD_ROLLUP_AND_MINUTE = (
-    f"{_PG_COUNTED}, record AS ({_RECORD_INSERT}), minute AS ({_MINUTE_ADD}) {_pg_rollup_upsert()}"
-)
+def _pg_records_sql() -> str:
+    counted = "SELECT * FROM unnest({}) AS v({})".format(
+        ", ".join(f"%s::{kind}[]" for _, kind in _COUNTED_COLUMNS),
+        ", ".join(name for name, _ in _COUNTED_COLUMNS),
+    )
+    connection_ = db.wrapper()
+    record = "INSERT INTO {} ({}) SELECT * FROM unnest({})".format(
+        UsageRecord._meta.db_table,
+        ", ".join(f.column for f in _RECORD_FIELDS),
+        ", ".join(f"%s::{f.db_type(connection_)}[]" for f in _RECORD_FIELDS),
+    )
+    # Keys with `tokens_per_minute`: their tokens added to the minute's counter too.
+    minute = (
+        f"INSERT INTO {_MINUTES} AS counter (key_id, window_start, tokens) "
+        "SELECT k, w, sum(t) FROM unnest(%s::bigint[], %s::timestamptz[], %s::bigint[]) "
+        "AS m(k, w, t) GROUP BY k, w ORDER BY k, w "
+        "ON CONFLICT (key_id, window_start) DO UPDATE SET tokens = counter.tokens + excluded.tokens"
+    )
+    return (
+        f"WITH counted AS ({counted}), record AS ({record}), minute AS ({minute}) "
+        f"{_pg_rollup_upsert()}"
+    )
 
 
-def _pg_counted_params(record: UsageRecord) -> list:
+_pg_records_statement = functools.cache(_pg_records_sql)
+
+
+def _pg_counted_values(record: UsageRecord) -> list:
     return [
         record.key_id or 0,
         record.model,
@@ -199,15 +239,24 @@ def _record_params(record: UsageRecord) -> list:
     return [f.get_db_prep_save(f.value_from_object(record), db.wrapper()) for f in _RECORD_FIELDS]
 
 
-def _pg_statement(record: UsageRecord) -> tuple[str, list]:
-    """The one PostgreSQL statement that writes `record` (see usage_record)."""
-    if record.key_id is None:
-        return _PG_ROLLUP_ONLY, _pg_counted_params(record)
-    counted = _pg_counted_params(record) + _record_params(record)
-    minute_params = _minute_params(record)
-    if minute_params:
-        return _PG_RECORD_ROLLUP_AND_MINUTE, counted + minute_params
-    return _PG_RECORD_AND_ROLLUP, counted
+def _pg_statement(records: list[UsageRecord]) -> tuple[str, list]:
+    """The one PostgreSQL statement that writes `records`: each raw record (none for a request
+    refused without a valid key), their rollup rows and their minute counters."""
+    counted = [_pg_counted_values(r) for r in records]
+    # A list per column; client addresses as text, so that IPv4 and IPv6 share one array.
+    rows = [
+        [
+            str(v) if f.column == "client_addr" and v is not None else v
+            for f, v in zip(_RECORD_FIELDS, _record_params(r), strict=True)
+        ]
+        for r in records
+        if r.key_id is not None
+    ]
+    minutes = [m for m in map(_minute_params, records) if m]
+    params = [list(column) for column in zip(*counted, strict=True)]
+    params += [[row[i] for row in rows] for i in range(len(_RECORD_FIELDS))]
+    params += [[m[i] for m in minutes] for i in range(3)]
+    return _pg_records_statement(), params
 
 
 def _minute_params(record: UsageRecord) -> list | None:
@@ -223,7 +272,7 @@ def _minute_params(record: UsageRecord) -> list | None:
 def _write(record: UsageRecord) -> None:
     if db.wrapper().vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute(*_pg_statement(record))
+            cursor.execute(*_pg_statement([record]))
         return
     # SQLite: a short transaction; its hourly and daily rows in one statement.
     rollup_params = _rollup_params(record) + _rollup_params(record, UsageRollup.Span.DAY)
@@ -238,6 +287,20 @@ def _write(record: UsageRecord) -> None:
             cursor.execute(_MINUTE_ADD, minute_params)
 
 
+_INT_MAX = 2**31 - 1
+
+
+def _text(value: str, field_name: str) -> str:
+    """A string as its column takes it: cut to length, and without NUL (which PostgreSQL's
+    text refuses), so that no client or upstream value can make a record fail."""
+    limit = UsageRecord._meta.get_field(field_name).max_length
+    return value.replace("\x00", "\ufffd")[:limit]
+
+
+def _count(value: int | None) -> int | None:
+    return None if value is None else min(max(int(value), 0), _INT_MAX)
+
+
 def _record_of(exchange: Exchange) -> UsageRecord | None:
     """The record of a finished exchange; None if it was already taken (once per exchange)."""
     if exchange.recorded:
@@ -246,18 +309,18 @@ def _record_of(exchange: Exchange) -> UsageRecord | None:
     return UsageRecord(
         key=exchange.key,
         started_at=exchange.started_at,
-        method=exchange.method,
-        route=exchange.route,
-        model=exchange.model[:200],
-        backend=exchange.backend,
+        method=_text(exchange.method, "method"),
+        route=_text(exchange.route, "route"),
+        model=_text(exchange.model, "model"),
+        backend=_text(exchange.backend, "backend"),
         status=exchange.status,
         outcome=exchange.outcome or outcome_for_status(exchange.status),
         latency_ms=(time.monotonic() - exchange.started) * 1000,
         ttft_ms=exchange.ttft_ms,
-        prompt_tokens=exchange.prompt_tokens,
-        completion_tokens=exchange.completion_tokens,
+        prompt_tokens=_count(exchange.prompt_tokens),
+        completion_tokens=_count(exchange.completion_tokens),
         queue_wait_ms=exchange.queue_wait_ms,
-        request_id=exchange.request_id,
+        request_id=_text(exchange.request_id, "request_id"),
         client_addr=exchange.client_addr,
     )
 
@@ -284,19 +347,67 @@ def usage_record(exchange: Exchange) -> None:
 
 
 async def ausage_record(exchange: Exchange) -> None:
-    """`usage_record` from the event loop: one pooled statement on PostgreSQL (retried once
-    on a fresh connection if its connection died), Django's connection in a thread elsewhere."""
+    """`usage_record` from the event loop: on PostgreSQL the record joins this worker's next
+    pooled statement (`_RecordWriter`); elsewhere Django's connection, in a thread."""
     if not db.pooled():
         await db.in_thread(usage_record)(exchange)
         return
     record = _record_of(exchange)
-    if record is None:
-        return
-    try:
-        await db.fetchone(*_pg_statement(record), patient=True)
-    except DatabaseError:
-        logger.exception("usage record lost", extra={"request_id": record.request_id})
-    _observe(record, exchange)
+    if record is not None:
+        await _writer().add(record, exchange)
+
+
+class _RecordWriter:
+    """Group commit for one worker's records: a record finished while no statement is in
+    flight is written at once, alone; those finished meanwhile wait for it and go together in
+    the next statement. Nothing waits on a timer, and under load a worker sends one statement
+    per round trip, not one per request.
+
+    A statement on a dead connection, or while the pool has none free, is retried for up to a
+    minute (`db.fetchone(patient=True)`). One that fails on its data (a key deleted while its
+    request ran, say) is retried a record at a time, so that one bad record loses no other.
+    """
+
+    def __init__(self):
+        self.pending: list[tuple[UsageRecord, Exchange]] = []
+        self.writing = False
+
+    async def add(self, record: UsageRecord, exchange: Exchange) -> None:
+        self.pending.append((record, exchange))
+        if self.writing:
+            return  # the task writing now takes it next
+        self.writing = True
+        try:
+            while self.pending:
+                batch = self.pending[:RECORD_BATCH_MAX]
+                del self.pending[: len(batch)]
+                await self._write(batch)
+        finally:
+            self.writing = False
+
+    async def _write(self, batch: list[tuple[UsageRecord, Exchange]]) -> None:
+        try:
+            await db.fetchone(*_pg_statement([r for r, _ in batch]), patient=True)
+        except DatabaseError:
+            if len(batch) > 1:
+                for one in batch:
+                    await self._write([one])
+                return
+            record = batch[0][0]
+            logger.exception("usage record lost", extra={"request_id": record.request_id})
+        for record, exchange in batch:
+            _observe(record, exchange)
+
+
+_writers: dict[asyncio.AbstractEventLoop, _RecordWriter] = {}
+
+
+def _writer() -> _RecordWriter:
+    loop = asyncio.get_running_loop()
+    writer = _writers.get(loop)
+    if writer is None:
+        writer = _writers[loop] = _RecordWriter()
+    return writer
 
 
 def _observe(record: UsageRecord, exchange: Exchange) -> None:

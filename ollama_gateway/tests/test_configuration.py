@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from testsupport import free_port, test_database_url
+from testsupport import free_port, suite_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = "PORT=9999\nDEMO_ADMIN_KEY=ollama-{}\nLOG_FORMAT=json\nMETRICS_TOKEN=x\n".format("h" * 43)
@@ -64,7 +64,7 @@ def test_gunicorn_listens_where_the_env_file_says(tmp_path, transactional_db, fa
     env_file.write_text(f"# as scripts/run writes it\nPORT={port}\nGUNICORN_WORKERS=1\n")
     environment = clean_environment(
         GATEWAY_ENV_FILE=str(env_file),
-        DATABASE_URL=test_database_url(),
+        DATABASE_URL=suite_database_url(),
         OLLAMA_BASE_URL=fake_ollama.url,
         LOG_LEVEL="WARNING",
     )

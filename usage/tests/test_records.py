@@ -1,6 +1,8 @@
 """One usage record per request that reached authentication, whatever its outcome, written
 with a constant, small number of database round trips."""
 
+import asyncio
+import concurrent.futures
 import time
 from datetime import timedelta
 
@@ -12,7 +14,7 @@ from django.utils import timezone
 
 from keys.models import ApiKey
 from proxy.backends import backend_pool
-from testsupport import bearer, wait_for_records
+from testsupport import bearer, wait_for_record, wait_for_records
 from usage.models import UsageRecord, UsageRollup
 from usage.stats import usage_stats
 
@@ -131,8 +133,9 @@ def test_a_lost_record_never_cuts_a_stream(gateway, user_key, fake_ollama, monke
     from usage import services
 
     # A real statement that fails, on whichever path the record takes.
-    for name in ("_RECORD_INSERT", "_PG_RECORD_AND_ROLLUP"):
-        monkeypatch.setattr(services, name, "INSERT INTO no_such_table VALUES (1)")
+    monkeypatch.setattr(services, "_RECORD_INSERT", "INSERT INTO no_such_table VALUES (1)")
+    failing = "SELECT {} FROM no_such_table".format(", ".join(["%s"] * 29))  # noqa: S608
+    monkeypatch.setattr(services, "_pg_records_statement", lambda: failing)
     response = requests.post(
         f"{gateway}/api/generate",
         json={"model": "llama3.2", "prompt": "hi"},
@@ -207,3 +210,86 @@ def test_a_cut_anthropic_or_responses_stream_is_charged(gateway, user_key, fake_
     (record,) = wait_for_records(1)
     assert record.outcome == "client_closed"
     assert 8 <= record.completion_tokens < 50
+
+
+def test_concurrent_records_add_up_exactly(gateway, make_key, fake_ollama):
+    """Many requests ending at once (written several per statement on PostgreSQL): every
+    record once, and the rollups and the minute counters equal the sums of the records."""
+    from django.db.models import Count, Sum
+
+    from usage.models import TokenCounter
+
+    fake_ollama.configure(tokens=5)
+    keys = [make_key(rate_limit=1000, tokens_per_minute=10**6 if i % 2 else None) for i in range(4)]
+
+    def call(i):
+        _, raw = keys[i % 4]
+        model = "llama3.2" if i % 5 else "no-such-model"
+        return requests.post(
+            f"{gateway}/api/generate",
+            json={"model": model, "prompt": "hi", "stream": bool(i % 3)},
+            headers=bearer(raw),
+            timeout=30,
+        ).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        statuses = list(pool.map(call, range(160)))
+    assert statuses.count(200) == 128 and statuses.count(404) == 32
+    records = wait_for_records(160)
+    assert len(records) == 160
+    for key, _ in keys:
+        mine = UsageRecord.objects.filter(key=key)
+        expected = mine.aggregate(n=Count("id"), p=Sum("prompt_tokens"), c=Sum("completion_tokens"))
+        for span in (UsageRollup.Span.HOUR, UsageRollup.Span.DAY):
+            rows = UsageRollup.objects.filter(key_pk=key.pk, span=span)
+            assert sum(r.requests for r in rows) == expected["n"] == 40
+            assert sum(r.prompt_tokens for r in rows) == expected["p"]
+            assert sum(r.completion_tokens for r in rows) == expected["c"] > 0
+            assert sum(r.n_ok for r in rows) == 32
+        counted = TokenCounter.objects.filter(key=key).aggregate(t=Sum("tokens"))["t"]
+        if key.tokens_per_minute:
+            assert counted == expected["p"] + expected["c"]
+        else:
+            assert counted is None
+
+
+def test_hostile_values_cannot_make_a_record_fail(gateway, user_key, fake_ollama, caplog):
+    """A NUL in the model name (PostgreSQL's text refuses it): the request is still recorded,
+    with the name made storable."""
+    key, raw = user_key
+    body = '{"model": "llama\\u0000evil", "prompt": "hi", "stream": false}'
+    response = requests.post(
+        f"{gateway}/api/generate",
+        data=body,
+        headers={**bearer(raw), "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code == 404
+    record = wait_for_record(key=key)
+    assert record.model == "llama\ufffdevil" and record.outcome == "bad_request"
+    assert "usage record lost" not in caplog.text
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'", reason="the pooled writer")
+def test_one_record_that_cannot_be_written_loses_no_other(gateway, make_key, caplog):
+    """Records written together: one whose key was deleted meanwhile (from a shell: the
+    admin cannot) fails alone, and the other is written."""
+    from ollama_gateway import runtime
+    from usage.services import Exchange, ausage_record
+
+    (gone, _), (kept, _) = make_key(), make_key()
+    exchanges = [
+        Exchange(method="POST", route="/api/chat", request_id=f"r{i}", client_addr="::1")
+        for i in range(2)
+    ]
+    for exchange, key in zip(exchanges, (gone, kept), strict=True):
+        exchange.key, exchange.status, exchange.model = key, 200, "llama3.2"
+    ApiKey.objects.filter(pk=gone.pk).delete()
+
+    async def both():
+        await asyncio.gather(*(ausage_record(e) for e in exchanges))
+
+    asyncio.run_coroutine_threadsafe(both(), runtime._serving_loop).result(timeout=30)
+    assert list(UsageRecord.objects.values_list("request_id", "key")) == [("r1", kept.pk)]
+    assert UsageRollup.objects.filter(key_pk=kept.pk).count() == 2
+    assert caplog.text.count("usage record lost") == 1
