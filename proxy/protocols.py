@@ -200,7 +200,8 @@ _PARAMETER = re.compile(rf'\s*({_TCHARS})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|({_TCHARS
 def _media_type(value: str) -> tuple[str, dict[str, str]]:
     """`type; key=value; key="quoted"` read as Go's mime.ParseMediaType reads it (keys
     lower-cased, quoted values unescaped). What Go might read otherwise is refused: duplicate
-    keys, RFC 2231 `key*=` values, anything malformed."""
+    keys, RFC 2231 extended and continued parameters (`key*=`, `key*0=`, `key*1*=`, which Go
+    joins into `key`), anything malformed."""
     kind, _, rest = value.partition(";")
     params: dict[str, str] = {}
     while rest.strip():
@@ -208,7 +209,7 @@ def _media_type(value: str) -> tuple[str, dict[str, str]]:
         if not match:
             raise ProtocolError(400, f"Malformed header parameters: {value[:200]!r}")
         key = match.group(1).lower()
-        if key.endswith("*") or key in params:
+        if "*" in key or key in params:
             raise ProtocolError(400, f"Unsupported header parameter {key!r}.")
         quoted = match.group(2)
         params[key] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else match.group(3)
