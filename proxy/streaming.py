@@ -50,6 +50,8 @@ def read_usage(payload: dict) -> tuple[int | None, int | None]:
         return usage.get("prompt_tokens"), usage.get("completion_tokens")
     if payload.get("done") is True:
         return payload.get("prompt_eval_count", 0), payload.get("eval_count", 0)
+    if "embeddings" in payload and "prompt_eval_count" in payload:  # /api/embed: no `done`
+        return payload["prompt_eval_count"], 0
     return None, None
 
 

@@ -8,6 +8,7 @@ import asyncio
 import bisect
 import functools
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -297,8 +298,14 @@ def _text(value: str, field_name: str) -> str:
     return value.replace("\x00", "\ufffd")[:limit]
 
 
-def _count(value: int | None) -> int | None:
-    return None if value is None else min(max(int(value), 0), _INT_MAX)
+def _count(value) -> int | None:
+    """A token count as its column takes it; None for what is no count (from an upstream that
+    sent a string, say)."""
+    if isinstance(value, float) and math.isfinite(value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return min(max(value, 0), _INT_MAX)
 
 
 def _record_of(exchange: Exchange) -> UsageRecord | None:

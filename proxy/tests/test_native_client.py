@@ -3,6 +3,8 @@
 import ollama
 import pytest
 
+from testsupport import wait_for_record
+
 
 @pytest.fixture
 def client(ollama_for, user_key):
@@ -50,10 +52,13 @@ def test_chat_with_tools(client):
     assert answer.message.tool_calls[0].function.name == "get_weather"
 
 
-def test_embed_and_legacy_embeddings(client):
-    answer = client.embed(model="nomic-embed-text", input=["a", "b"])
-    assert len(answer.embeddings) == 2
+def test_embed_and_legacy_embeddings(client, user_key):
+    answer = client.embed(model="nomic-embed-text", input=["a b c", "d"])
+    assert len(answer.embeddings) == 2 and answer.prompt_eval_count == 4
     assert client.embeddings(model="nomic-embed-text", prompt="a").embedding
+    # /api/embed answers have no `done`: their prompt tokens still count (quotas, statistics).
+    record = wait_for_record(key=user_key[0], route="/api/embed")
+    assert (record.prompt_tokens, record.completion_tokens) == (4, 0)
 
 
 def test_unknown_model_raises_404(client):
