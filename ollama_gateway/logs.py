@@ -54,7 +54,8 @@ def _text_value(value) -> str:
 
 class RedactKeys(logging.Filter):
     """The last guard: whatever a log line says (Django's own "Service Unavailable: /api/keys/
-    <path>" included), a raw API key in it is cut to its preview."""
+    <path>" included), and whatever its fields hold (a model named like a key, say), a raw API
+    key in it is cut to its preview."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         from keys.crypto import KEY_PREFIX, redact_keys
@@ -62,4 +63,7 @@ class RedactKeys(logging.Filter):
         message = record.getMessage()
         if KEY_PREFIX in message:
             record.msg, record.args = redact_keys(message), None
+        for name, value in vars(record).items():
+            if name not in _STANDARD_ATTRS and isinstance(value, str) and KEY_PREFIX in value:
+                setattr(record, name, redact_keys(value))
         return True

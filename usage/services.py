@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from keys.crypto import redact_keys
 from ollama_gateway import db
 from usage import metrics
 from usage.models import (
@@ -318,7 +319,7 @@ def _record_of(exchange: Exchange) -> UsageRecord | None:
         started_at=exchange.started_at,
         method=_text(exchange.method, "method"),
         route=_text(exchange.route, "route"),
-        model=_text(exchange.model, "model"),
+        model=_text(redact_keys(exchange.model), "model"),  # a key sent as a model name
         backend=_text(exchange.backend, "backend"),
         status=exchange.status,
         outcome=exchange.outcome or outcome_for_status(exchange.status),

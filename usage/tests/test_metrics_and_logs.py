@@ -110,13 +110,33 @@ def test_no_raw_key_ever_reaches_the_logs(gateway, admin_key, make_key, caplog, 
             headers={"Authorization": f"Bearer {raw}"},
             timeout=10,
         )
-    wait_for_records(4, key__isnull=False)  # request lines are logged with their records
+    # A key sent where a model name goes (pasted in the wrong field).
+    requests.post(
+        f"{gateway}/api/chat",
+        json={"model": created, "messages": []},
+        headers={"Authorization": f"Bearer {user_raw}"},
+        timeout=10,
+    )
+    records = wait_for_records(5, key__isnull=False)  # request lines are logged with them
     formatter = JsonFormatter()
     lines = [formatter.format(r) for r in caplog.records]
     logged = "\n".join(lines)
     assert "authentication failed" in logged and "/api/generate" in logged
     for raw in (admin_key[1], user_raw, created, "g" * 43):
         assert raw not in logged
+        assert not any(raw in r.model for r in records)
+    assert created[:15] + "…" in [r.model for r in records]
+
+
+def test_the_log_filter_cuts_keys_in_fields_too(make_key):
+    from ollama_gateway.logs import RedactKeys
+
+    _, raw = make_key()
+    record = logging.makeLogRecord({"msg": "said %s", "args": (raw,), "model": raw, "n": 3})
+    assert RedactKeys().filter(record)
+    line = JsonFormatter().format(record)
+    assert raw not in line
+    assert json.loads(line)["model"] == json.loads(line)["message"][5:] == raw[:15] + "…"
 
 
 def test_json_log_lines(caplog):
