@@ -22,6 +22,12 @@ def test_head_probes_with_a_key(served, user_key, path):
         served + path, headers={"Authorization": f"Bearer {user_key[1]}"}, timeout=10
     )
     assert keyed.status_code == 200 and keyed.content == b""
+    # The headers of the GET answer, its length included, as Ollama (Go) answers HEAD.
+    got = requests.get(
+        served + path, headers={"Authorization": f"Bearer {user_key[1]}"}, timeout=10
+    )
+    assert keyed.headers["Content-Type"] == got.headers["Content-Type"]
+    assert int(keyed.headers["Content-Length"]) == len(got.content) > 2
     assert requests.head(served + path, timeout=10).status_code == 401
 
 
