@@ -1,5 +1,5 @@
 """The gunicorn worker: uvicorn's event loop (uvloop) and HTTP parser (httptools), plus the
-deadline uvicorn lacks for request headers.
+deadline and the size cap uvicorn lacks for request headers.
 
 `gunicorn -c gunicorn.conf.py ollama_gateway.asgi` runs `GatewayWorker`s. Why uvicorn's worker:
 measured on this machine (docs/performance.md), its httptools parser and uvloop serve the
@@ -19,18 +19,58 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from uvicorn.workers import UvicornWorker
 
-_REQUEST_TIMEOUT = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: 38\r\nconnection: close\r\n\r\nRequest headers did not arrive in time."
+
+def _plain_response(status: bytes, text: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: " + str(len(text)).encode() + b"\r\nconnection: close\r\n\r\n" + text
+    )
+
+
+_REQUEST_TIMEOUT = _plain_response(
+    b"408 Request Timeout", b"Request headers did not arrive in time."
+)
+_HEADERS_TOO_LARGE = _plain_response(
+    b"431 Request Header Fields Too Large", b"Request headers are too large."
 )
 
 
 class GatewayHttpToolsProtocol(HttpToolsProtocol):
     """A connection must deliver a request's headers within REQUEST_HEADER_TIMEOUT seconds of
     opening (or of its first byte, on a kept-alive connection); else 408 and close. Idle
-    connections that never send anything are closed the same way."""
+    connections that never send anything are closed the same way.
+
+    A request's line and headers may take at most REQUEST_HEADER_MAX_BYTES (431 and close
+    beyond): the parser keeps a header whole until its end, so without a cap one header could
+    grow a worker's memory without bound, before any key is checked."""
 
     header_timer = None
+    header_bytes = 0
+    reading_headers = True
+    requests_seen = 0
+
+    def data_received(self, data: bytes) -> None:
+        reading, requests_seen = self.reading_headers, self.requests_seen
+        super().data_received(data)
+        # A chunk that was headers from its start to its end counts. Not one that ended a
+        # request's headers (the body's first bytes may follow), nor one that ended a body (the
+        # next pipelined request's first bytes may follow): each is at most one read.
+        if (
+            reading
+            and self.reading_headers
+            and requests_seen == self.requests_seen
+            and not self.transport.is_closing()
+        ):
+            self.header_bytes += len(data)
+            if self.header_bytes > settings.REQUEST_HEADER_MAX_BYTES:
+                self._disarm_header_timer()
+                if self.cycle is None or self.cycle.response_complete:
+                    self.transport.write(_HEADERS_TOO_LARGE)
+                self.transport.close()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.reading_headers, self.header_bytes = True, 0  # the next request's, if any
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -43,6 +83,8 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
+        self.reading_headers, self.header_bytes = False, 0
+        self.requests_seen += 1
         super().on_headers_complete()
 
     def connection_lost(self, exc) -> None:

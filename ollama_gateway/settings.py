@@ -306,6 +306,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 # otherwise). A client that takes nothing of its answer for CLIENT_WRITE_TIMEOUT seconds is cut
 # off (its stream is recorded as client_closed).
 REQUEST_HEADER_TIMEOUT = env.float("REQUEST_HEADER_TIMEOUT", default=10.0)
+# A request's line and headers together: 431 beyond (nginx's default allows 32 KiB).
+REQUEST_HEADER_MAX_BYTES = env.int("REQUEST_HEADER_MAX_BYTES", default=64 * 1024)
 REQUEST_BODY_TIMEOUT = env.float("REQUEST_BODY_TIMEOUT", default=30.0)
 REQUEST_BODY_MIN_RATE = env.int("REQUEST_BODY_MIN_RATE", default=256 * 1024)
 CLIENT_WRITE_TIMEOUT = env.float("CLIENT_WRITE_TIMEOUT", default=60.0)

@@ -2,6 +2,7 @@
 and records that survive a killed database connection or a SIGTERM."""
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -103,6 +104,29 @@ def test_an_idle_connection_is_closed_after_the_header_deadline(gateway, setting
         assert sock.recv(1024).startswith(b"HTTP/1.1 408")
         assert sock.recv(1024) == b""
     assert time.monotonic() - started < 2.5
+
+
+def test_oversized_headers_get_431_before_they_are_read_whole(gateway, user_key, settings):
+    """One endless header, without a key: refused once it passes the cap, not buffered."""
+    settings.REQUEST_HEADER_MAX_BYTES = 32 * 1024
+    with socket.create_connection(("127.0.0.1", port_of(gateway)), timeout=5) as sock:
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        with contextlib.suppress(OSError):  # the server may close while we still send
+            for _ in range(64):
+                sock.sendall(b"a" * 16 * 1024)
+        assert sock.recv(1024).startswith(b"HTTP/1.1 431")
+    # Many small headers count alike; a request under the cap, body included, is served.
+    many = "".join(f"X-H{i}: {'v' * 20}\r\n" for i in range(2000)).encode()
+    answer = raw_request(port_of(gateway), b"GET /api/version HTTP/1.1\r\nHost: x\r\n" + many)
+    assert answer.startswith(b"HTTP/1.1 431")
+    body = json.dumps({"model": "llama3.2", "prompt": "x" * 100_000, "stream": False}).encode()
+    answer = requests.post(
+        f"{gateway}/api/generate",
+        data=body,
+        headers={**bearer(user_key[1]), "X-Pad": "p" * 20_000},
+        timeout=10,
+    )
+    assert answer.status_code == 200
 
 
 def test_a_trickled_body_gets_408_in_the_route_shape(gateway, user_key, settings):
