@@ -36,6 +36,10 @@ _OPENAI_TYPES = {
     415: "invalid_request_error",
     429: "rate_limit_error",
 }
+BAD_REQUEST = (
+    "Bad request: the Host header is not one this gateway serves, or the request is malformed."
+)
+
 _OPENAI_CODES = {401: "invalid_api_key", 429: "rate_limit_exceeded"}
 
 
@@ -137,6 +141,11 @@ def exception_handler(exc, context):
     if surface != DRF:
         response.data = error_body(surface, response.status_code, _flatten(response.data))
     return response
+
+
+def handler400(request, exception=None):
+    """Django's own refusals (a Host header not in ALLOWED_HOSTS, a suspicious request)."""
+    return error_response(surface_for_path(request.path), 400, BAD_REQUEST)
 
 
 def handler404(request, exception=None):

@@ -2,14 +2,17 @@
 
 import asyncio
 import ipaddress
+import logging
 import re
 import uuid
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
+from django.core.exceptions import DisallowedHost
 
 from keys.crypto import redact_keys
 from ollama_gateway import runtime
+from ollama_gateway.errors import handler400
 from usage.services import Exchange, ausage_record, usage_record
 
 # What nginx and Ollama log for a request whose client closed the connection first.
@@ -17,6 +20,8 @@ CLIENT_CLOSED_STATUS = 499
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _RECORDED_PREFIXES = ("/api/", "/v1/")
 _UNRECORDED = ("/api/schema",)
+
+logger = logging.getLogger("ollama_gateway.requests")
 
 
 def request_id_for(request) -> str:
@@ -82,6 +87,11 @@ class GatewayMiddleware:
         return response
 
     async def __acall__(self, request):
+        try:
+            request.get_host()  # ALLOWED_HOSTS, as on every other route
+        except DisallowedHost:
+            logger.warning("refused Host header %r", request.META.get("HTTP_HOST", "")[:200])
+            return handler400(request)
         exchange = self._begin(request)
         try:
             response = await self.get_response(request)

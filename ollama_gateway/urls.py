@@ -25,5 +25,6 @@ urlpatterns = [
     path("", include("proxy.urls")),
 ]
 
+handler400 = "ollama_gateway.errors.handler400"
 handler404 = "ollama_gateway.errors.handler404"
 handler500 = "ollama_gateway.errors.handler500"

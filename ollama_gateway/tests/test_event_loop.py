@@ -80,7 +80,7 @@ def test_slow_headers_are_cut_and_cost_others_nothing(gateway, user_key, setting
     trickling = []
     for _ in range(100):
         sock = socket.create_connection(("127.0.0.1", port))
-        sock.sendall(b"GET /api/version HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        sock.sendall(b"GET /api/version HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
         trickling.append(sock)
     try:
         started = time.monotonic()
@@ -110,14 +110,14 @@ def test_oversized_headers_get_431_before_they_are_read_whole(gateway, user_key,
     """One endless header, without a key: refused once it passes the cap, not buffered."""
     settings.REQUEST_HEADER_MAX_BYTES = 32 * 1024
     with socket.create_connection(("127.0.0.1", port_of(gateway)), timeout=5) as sock:
-        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: localhost\r\nX-Big: ")
         with contextlib.suppress(OSError):  # the server may close while we still send
             for _ in range(64):
                 sock.sendall(b"a" * 16 * 1024)
         assert sock.recv(1024).startswith(b"HTTP/1.1 431")
     # Many small headers count alike; a request under the cap, body included, is served.
     many = "".join(f"X-H{i}: {'v' * 20}\r\n" for i in range(2000)).encode()
-    answer = raw_request(port_of(gateway), b"GET /api/version HTTP/1.1\r\nHost: x\r\n" + many)
+    answer = raw_request(port_of(gateway), b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n" + many)
     assert answer.startswith(b"HTTP/1.1 431")
     body = json.dumps({"model": "llama3.2", "prompt": "x" * 100_000, "stream": False}).encode()
     answer = requests.post(
@@ -132,7 +132,7 @@ def test_oversized_headers_get_431_before_they_are_read_whole(gateway, user_key,
 def test_a_trickled_body_gets_408_in_the_route_shape(gateway, user_key, settings):
     settings.REQUEST_BODY_TIMEOUT = 1.0
     head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {user_key[1]}\r\n"
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {user_key[1]}\r\n"
         "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
     ).encode()
     started = time.monotonic()
@@ -170,7 +170,7 @@ def test_a_client_that_stops_reading_is_cut_and_recorded(gateway, user_key, fake
     fake_ollama.configure(tokens=400_000)
     body = json.dumps({"model": "llama3.2", "prompt": "hi"}).encode()
     head = (
-        f"POST /api/generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {user_key[1]}\r\n"
+        f"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {user_key[1]}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     sock = socket.create_connection(("127.0.0.1", port_of(gateway)))
@@ -189,7 +189,7 @@ def test_a_client_gone_while_the_model_loads_cancels_at_once(gateway, user_key, 
     fake_ollama.configure(ttft=4.0, tokens=50, token_delay=0.05)
     body = json.dumps({"model": "llama3.2", "prompt": "hi"}).encode()
     head = (
-        f"POST /api/generate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {user_key[1]}\r\n"
+        f"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {user_key[1]}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", port_of(gateway))) as sock:

@@ -95,3 +95,27 @@ def test_revocation_is_seen_by_every_process_at_once(served_pair, make_key, admi
         assert (
             requests.get(f"{base}/api/version", headers=bearer(raw), timeout=10).status_code == 401
         )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "shape"),
+    [
+        ("POST", "/api/chat", lambda b: b["error"].startswith("Bad request")),
+        ("POST", "/v1/chat/completions", lambda b: b["error"]["type"] == "invalid_request_error"),
+        ("POST", "/v1/messages", lambda b: b["type"] == "error"),
+        ("GET", "/api/keys", lambda b: b["detail"].startswith("Bad request")),
+        ("HEAD", "/", None),
+    ],
+)
+def test_a_host_not_allowed_is_refused_on_every_route(gateway, user_key, method, path, shape):
+    """ALLOWED_HOSTS holds for the model routes as for the rest (DNS rebinding), each answer
+    in its route's shape; an allowed host is served."""
+    headers = {**bearer(user_key[1]), "Host": "evil.example"}
+    body = {"model": "llama3.2", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    refused = requests.request(method, gateway + path, json=body, headers=headers, timeout=10)
+    assert refused.status_code == 400
+    if shape is not None:
+        assert shape(refused.json())
+    headers["Host"] = "localhost"
+    allowed = requests.request(method, gateway + path, json=body, headers=headers, timeout=10)
+    assert allowed.status_code in (200, 403)
