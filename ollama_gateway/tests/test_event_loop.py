@@ -117,7 +117,8 @@ def test_oversized_headers_get_431_before_they_are_read_whole(gateway, user_key,
         assert sock.recv(1024).startswith(b"HTTP/1.1 431")
     # Many small headers count alike; a request under the cap, body included, is served.
     many = "".join(f"X-H{i}: {'v' * 20}\r\n" for i in range(2000)).encode()
-    answer = raw_request(port_of(gateway), b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n" + many)
+    head = b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n"
+    answer = raw_request(port_of(gateway), head + many)
     assert answer.startswith(b"HTTP/1.1 431")
     body = json.dumps({"model": "llama3.2", "prompt": "x" * 100_000, "stream": False}).encode()
     answer = requests.post(
@@ -132,7 +133,8 @@ def test_oversized_headers_get_431_before_they_are_read_whole(gateway, user_key,
 def test_a_trickled_body_gets_408_in_the_route_shape(gateway, user_key, settings):
     settings.REQUEST_BODY_TIMEOUT = 1.0
     head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {user_key[1]}\r\n"
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n"
+        f"Authorization: Bearer {user_key[1]}\r\n"
         "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
     ).encode()
     started = time.monotonic()

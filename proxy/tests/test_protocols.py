@@ -219,8 +219,7 @@ def test_multipart_field_reads_what_go_reads(body, content_type, model):
         b"--x\r\nContent-Disposition: form-data; name*0=mo; name*1=del\r\n\r\nB\r\n--x\r\n"
         + MODEL_PART
         + b"\r\n\r\nA\r\n--x--",
-        b"--x\r\nContent-Disposition: form-data; name*0*=UTF-8''mo; name*1=del\r\n\r\nB\r\n"
-        b"--x--",
+        b"--x\r\nContent-Disposition: form-data; name*0*=UTF-8''mo; name*1=del\r\n\r\nB\r\n--x--",
         # A file named like the field.
         b'--x\r\nContent-Disposition: form-data; name="model"; filename="m"\r\n\r\nA\r\n--x--',
         # Bare-LF delimiters (Go then switches to LF mode).
