@@ -149,10 +149,15 @@ class ModelRoutesHandler(GatewayASGIHandler):
 
     async def __call__(self, scope, receive, send):
         # No ThreadSensitiveContext: nothing here runs in a thread.
-        try:
-            await self.handle(scope, receive, send)
-        except ProtocolError as exc:
-            await _refuse(scope, send, exc, self.send_response)
+        with runtime.request_in_flight():
+            try:
+                await self.handle(scope, receive, send)
+            except ProtocolError as exc:
+                await _refuse(scope, send, exc, self.send_response)
+            except asyncio.CancelledError:
+                # The server cut it at shutdown (past its graceful timeout), after its cleanup
+                # ran (the record of a cut stream): an expected end, not an application error.
+                logger.warning("request cut at shutdown: %s", scope.get("path"))
 
     async def handle(self, scope, receive, send):
         """Django's `ASGIHandler.handle`, less its thread hops (request_started/finished

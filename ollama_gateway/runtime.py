@@ -9,12 +9,14 @@ request and the bookkeeping is awaited before the request ends.
 """
 
 import asyncio
+import contextlib
 import logging
 
 logger = logging.getLogger("ollama_gateway.runtime")
 
 _serving_loop: asyncio.AbstractEventLoop | None = None
 _tasks: set[asyncio.Task] = set()
+_requests: set[asyncio.Task] = set()
 
 
 def serving() -> bool:
@@ -32,13 +34,36 @@ def start_serving() -> None:
 
 
 async def stop_serving(timeout: float = 10.0) -> None:
-    """Called by the ASGI lifespan shutdown: wait for the bookkeeping still running."""
+    """Called by the ASGI lifespan shutdown: wait (up to `timeout` seconds) for the requests
+    the server has just cancelled to finish their cleanup, and for the bookkeeping they and
+    earlier requests started (usage records, slot releases). A request's cleanup may start
+    more of it (a cut stream closes its upstream reply, then spawns its record): wait until
+    nothing is left, not for a snapshot."""
     global _serving_loop
-    pending = [t for t in _tasks if not t.done()]
-    if pending:
-        logger.info("waiting for %d background task(s) before exit", len(pending))
-        await asyncio.wait(pending, timeout=timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    told = False
+    while True:
+        pending = [t for t in _requests | _tasks if not t.done()]
+        remaining = deadline - loop.time()
+        if not pending or remaining <= 0:
+            break
+        if not told:
+            logger.info("waiting for %d request(s) and task(s) before exit", len(pending))
+            told = True
+        await asyncio.wait(pending, timeout=remaining)
     _serving_loop = None
+
+
+@contextlib.contextmanager
+def request_in_flight():
+    """Marks the current task as a request that a shutdown waits for (see stop_serving)."""
+    task = asyncio.current_task()
+    _requests.add(task)
+    try:
+        yield
+    finally:
+        _requests.discard(task)
 
 
 async def after_response(coroutine) -> None:

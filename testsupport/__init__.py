@@ -1,6 +1,7 @@
 """What the tests share besides fixtures: live gateways (uvicorn in the test process, gunicorn
 as in production), waiting for usage records, free ports. Fixtures are in conftest.py."""
 
+import atexit
 import contextlib
 import os
 import socket
@@ -68,6 +69,19 @@ def suite_database_url() -> str:
     return f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
+_started: list[subprocess.Popen] = []
+
+
+@atexit.register
+def _stop_survivors() -> None:
+    """A test that failed before stopping its gunicorn leaves it running, holding a port and
+    database connections: none outlives the test run."""
+    for process in _started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def start_gunicorn(port: int, **env) -> subprocess.Popen:
     """The gateway under its production gunicorn configuration, on the test database."""
     environment = {
@@ -88,6 +102,7 @@ def start_gunicorn(port: int, **env) -> subprocess.Popen:
         cwd=ROOT,
         env=environment,
     )
+    _started.append(process)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:

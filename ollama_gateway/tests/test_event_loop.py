@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -16,6 +17,7 @@ from django.db import connection
 
 from ollama_gateway import db, runtime
 from testsupport import bearer, free_port, start_gunicorn, wait_for_records
+from usage.models import UsageRecord
 
 postgresql_only = pytest.mark.skipif(
     "connection.vendor != 'postgresql'", reason="the async pool serves PostgreSQL only"
@@ -295,6 +297,56 @@ def test_sigterm_records_the_streams_it_has_to_cut(transactional_db, fake_ollama
         fake_ollama_server.reset()
         for stream in streams:
             stream.close()
+
+
+@postgresql_only
+def test_sigterm_gives_back_the_slot_of_a_stream_it_cuts(transactional_db, make_key):
+    """A stream holding the queue's only slot, cut at SIGTERM: recorded, and its slot given
+    back before the worker exits (not left to its lease), so the next replica's queue moves."""
+    from usage.models import Slot
+
+    _, user = make_key("user")
+    ollama_port, port = free_port(), free_port()
+    ollama = subprocess.Popen(
+        [sys.executable, "-m", "devollama", "--port", str(ollama_port)]
+        + ["--tokens", "200", "--token-delay", "0.1"]
+    )
+    process = None
+    try:
+        process = start_gunicorn(
+            port,
+            OLLAMA_BASE_URL=f"http://127.0.0.1:{ollama_port}",
+            OLLAMA_NUM_PARALLEL="1",
+            GUNICORN_GRACEFUL_TIMEOUT="7",
+        )
+        body = {
+            "model": "llama3.2",
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+        with requests.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json=body,
+            headers=bearer(user),
+            stream=True,
+            timeout=30,
+        ) as stream:
+            lines = stream.iter_lines()
+            next(lines)
+            assert Slot.objects.count() == 1
+            process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(requests.RequestException):
+                for _ in lines:
+                    pass
+        process.wait(timeout=30)
+        assert not Slot.objects.exists()
+        (record,) = UsageRecord.objects.all()
+        assert 0 < record.completion_tokens < 200
+    finally:
+        for child in (process, ollama):
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait()
 
 
 def test_workers_of_a_killed_master_shut_down(transactional_db, fake_ollama_server):
