@@ -307,10 +307,8 @@ def test_sigterm_gives_back_the_slot_of_a_stream_it_cuts(transactional_db, make_
 
     _, user = make_key("user")
     ollama_port, port = free_port(), free_port()
-    ollama = subprocess.Popen(
-        [sys.executable, "-m", "devollama", "--port", str(ollama_port)]
-        + ["--tokens", "200", "--token-delay", "0.1"]
-    )
+    timing = ["--port", str(ollama_port), "--tokens", "200", "--token-delay", "0.1"]
+    ollama = subprocess.Popen([sys.executable, "-m", "devollama", *timing])
     process = None
     try:
         process = start_gunicorn(
