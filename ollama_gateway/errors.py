@@ -140,6 +140,13 @@ def exception_handler(exc, context):
         return error_response(surface, 500, "Internal server error.")
     if surface != DRF:
         response.data = error_body(surface, response.status_code, _flatten(response.data))
+    if getattr(exc, "default_code", None) == "servers_busy":
+        # The GPU queue is full (usage/queue.py): expected under load, not a server error.
+        logger.warning(
+            "servers busy: queue timeout",
+            extra={"request_id": getattr(context.get("request"), "request_id", None)},
+        )
+        response._has_been_logged = True
     return response
 
 

@@ -40,6 +40,7 @@ OUTCOME_GROUPS = (
     ("client errors (4xx)", "#8e5bb5", CLIENT_ERRORS),
     ("server errors (5xx)", "#ba2121", SERVER_ERRORS),
     ("rate-limited", "#e39b1b", ("rate_limited",)),
+    ("servers busy (queue timeout)", "#5b6abf", ("busy",)),
     ("client hung up", "#9aa0a6", ("client_closed",)),
 )
 # The row that gathers model names no server lists and no request succeeded with.
@@ -221,6 +222,7 @@ def total_cards(totals: dict) -> list[list[tuple[str, str, str]]]:
                 number(sum(outcomes[o] for o in SERVER_ERRORS)),
             ),
             ("rate-limited", "Rate-limited", number(totals["rate_limited"])),
+            ("busy", "Servers busy", number(outcomes["busy"])),
         ],
         [
             ("latency-avg", "Latency avg", _ms(latency["avg"])),

@@ -27,6 +27,9 @@ class UsageRecord(models.Model):
         BAD_REQUEST = "bad_request"
         CLIENT_CLOSED = "client_closed"
         TIMEOUT = "timeout"
+        # QUEUE_TIMEOUT passed while every slot of the servers was taken (503): the GPU is
+        # saturated, Ollama did not fail.
+        BUSY = "busy"
 
     # Null for requests that failed authentication: those are counted per client address.
     key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL)

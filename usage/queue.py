@@ -39,7 +39,7 @@ from rest_framework.exceptions import APIException
 
 from ollama_gateway import db, runtime
 from usage import metrics
-from usage.limits import RateLimited
+from usage.limits import RateLimited, aadmitted_after_waiting
 
 logger = logging.getLogger("usage.queue")
 
@@ -98,7 +98,11 @@ async def slot_acquire(*, key, state, exchange=None) -> Slot | None:
     # request's backend lease counts it in flight.
     state.waiting += 1
     try:
-        slot_id = await scheduler.acquire(key, state)
+        slot_id, queued = await scheduler.acquire(key, state)
+    except ServersBusy:
+        if exchange is not None:
+            exchange.outcome = "busy"
+        raise
     finally:
         state.waiting -= 1
         # Recorded however the wait ended (a queue timeout included).
@@ -106,7 +110,16 @@ async def slot_acquire(*, key, state, exchange=None) -> Slot | None:
         metrics.QUEUE_WAIT.labels(state.name).observe(waited)
         if exchange is not None:
             exchange.queue_wait_ms = waited * 1000
-    return Slot(slot_id, scheduler, waited=waited)
+    slot = Slot(slot_id, scheduler, waited=waited)
+    if queued:
+        # It waited: its key may have been revoked meanwhile, or its tokens spent by the
+        # requests that ran before it. Checked again before it runs (queued requests only).
+        try:
+            await aadmitted_after_waiting(key)
+        except BaseException:
+            slot.release()
+            raise
+    return slot
 
 
 class _Scheduler:
@@ -115,7 +128,8 @@ class _Scheduler:
     def __init__(self):
         self.waiting: dict[int, asyncio.Future] = {}
 
-    async def acquire(self, key, state) -> int:
+    async def acquire(self, key, state) -> tuple[int, bool]:
+        """The slot's id, and whether it waited in the queue for it."""
         slot_id = secrets.randbits(62) or 1
         loop = asyncio.get_running_loop()
         woken = self.waiting[slot_id] = loop.create_future()
@@ -125,7 +139,7 @@ class _Scheduler:
             await self.started()
             if await self.enter(slot_id, key, state):
                 in_queue = False
-                return slot_id
+                return slot_id, False
             queued = True
             metrics.QUEUE_DEPTH.labels(state.name).inc()
             deadline = time.monotonic() + settings.QUEUE_TIMEOUT
@@ -135,7 +149,7 @@ class _Scheduler:
                     running = await self.leave(slot_id, key.pk)
                     in_queue = False
                     if running < 0:
-                        return slot_id  # granted as time ran out
+                        return slot_id, True  # granted as time ran out
                     if key.max_concurrent is not None and running >= key.max_concurrent:
                         raise RateLimited(
                             "This key's concurrent generations are at their limit.",
@@ -146,10 +160,10 @@ class _Scheduler:
                     async with asyncio.timeout(min(remaining, self.recheck_interval())):
                         await asyncio.shield(woken)
                     in_queue = False
-                    return slot_id
+                    return slot_id, True
                 if await self.check(slot_id):
                     in_queue = False
-                    return slot_id
+                    return slot_id, True
         finally:
             # Cancelled (the client left), or the database failed: leave the queue now.
             if in_queue:

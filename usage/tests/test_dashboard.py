@@ -57,6 +57,7 @@ def test_dashboard_shows_the_period(staff_client, usage):
         "client-errors": "0",
         "server-errors": "1",
         "rate-limited": "1",
+        "busy": "0",
         # Estimated from the histogram: 5 requests spread over the 100-250 ms bucket.
         "latency-p50": "175 ms",
         "latency-p95": "242.5 ms",

@@ -254,6 +254,9 @@ def test_queue_timeout_answers_503_or_429_in_the_route_shape(
     # Nobody else got upstream, and nothing is left in the queue.
     assert len(upstream.spans) == 2
     assert wait_until(queue_is_empty)
+    # Recorded for what they are: the GPU saturated (not Ollama failing), the key's own cap.
+    outcomes = {r.status: r.outcome for r in wait_for_records(4) if r.status in (429, 503)}
+    assert outcomes == {503: "busy", 429: "rate_limited"}
 
 
 def test_a_client_gone_while_queued_leaves_the_queue(parallel, make_key, upstream, fake_ollama):
@@ -404,3 +407,43 @@ def test_a_killed_worker_gives_its_slots_back(transactional_db, fake_ollama_serv
         process.terminate()
         process.wait(timeout=30)
     assert UsageRecord.objects.filter(route="/api/generate", status=200).exists()
+
+
+def test_a_key_revoked_while_queued_does_not_run(parallel, make_key, upstream, fake_ollama):
+    """Revocation is immediate for requests already waiting for the GPU too: 401 when their
+    turn comes, and the slot goes to the next."""
+    from keys.services import api_key_revoke
+
+    url = parallel(1)
+    _, holder = make_key(name="holder", rate_limit=1000)
+    runaway, raw = make_key(name="runaway", rate_limit=1000)
+    fake_ollama.configure(tokens=3, token_delay=0.3)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        running = pool.submit(generate, url, holder, "holder")
+        assert wait_until(lambda: upstream.running == 1)
+        queued = pool.submit(generate, url, raw, "runaway")
+        time.sleep(0.3)
+        api_key_revoke(preview=runaway.preview)
+        answer = queued.result()
+        assert running.result().status_code == 200
+    assert answer.status_code == 401 and "revoked" in answer.json()["error"]
+    assert upstream.starts() == ["holder"]
+    assert wait_until(queue_is_empty)
+
+
+def test_tokens_per_minute_are_checked_again_when_a_queued_request_starts(
+    parallel, make_key, upstream, fake_ollama
+):
+    """Requests queued behind one slot run one after another: each is checked against the
+    minute's tokens when its turn comes, not only when it arrived."""
+    url = parallel(1)
+    _, raw = make_key(name="tpm", rate_limit=1000, tokens_per_minute=25)
+    fake_ollama.configure(tokens=10, token_delay=0.02)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = [
+            f.result().status_code
+            for f in [pool.submit(generate, url, raw, f"p{i}") for i in range(8)]
+        ]
+    # 10 completion tokens + a few prompt tokens each: the third one already passes 25. One
+    # more may start while the previous record is being written; the rest are refused.
+    assert statuses.count(200) <= 4 and statuses.count(429) >= 4, statuses
