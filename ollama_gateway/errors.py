@@ -37,7 +37,8 @@ _OPENAI_TYPES = {
     429: "rate_limit_error",
 }
 BAD_REQUEST = (
-    "Bad request: the Host header is not one this gateway serves, or the request is malformed."
+    "Bad request: the Host header is not in the gateway's ALLOWED_HOSTS, or the request is "
+    "malformed."
 )
 
 _OPENAI_CODES = {401: "invalid_api_key", 429: "rate_limit_exceeded"}
