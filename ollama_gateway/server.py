@@ -40,33 +40,41 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
     opening (or of its first byte, on a kept-alive connection); else 408 and close. Idle
     connections that never send anything are closed the same way.
 
-    A request's line and headers may take at most REQUEST_HEADER_MAX_BYTES (431 and close
-    beyond): the parser keeps a header whole until its end, so without a cap one header could
-    grow a worker's memory without bound, before any key is checked."""
+    A request's line and headers, and a chunked body's trailer fields, may take at most
+    REQUEST_HEADER_MAX_BYTES (431 and close beyond): the parser keeps a header whole until its
+    end, so without a cap one header could grow a worker's memory without bound, before any
+    key is checked."""
 
     header_timer = None
     header_bytes = 0
     reading_headers = True
     requests_seen = 0
+    body_seen = False
 
     def data_received(self, data: bytes) -> None:
         reading, requests_seen = self.reading_headers, self.requests_seen
+        self.body_seen = False
         super().data_received(data)
-        # A chunk that was headers from its start to its end counts. Not one that ended a
-        # request's headers (the body's first bytes may follow), nor one that ended a body (the
-        # next pipelined request's first bytes may follow): each is at most one read.
-        if (
-            reading
-            and self.reading_headers
-            and requests_seen == self.requests_seen
-            and not self.transport.is_closing()
-        ):
+        if self.transport.is_closing() or requests_seen != self.requests_seen:
+            return
+        if reading and self.reading_headers:
+            # A read that was headers from its start to its end counts. Not one that ended a
+            # request's headers (the body's first bytes may follow), nor one that ended a body
+            # (the next pipelined request's first bytes may follow): at most one read each.
             self.header_bytes += len(data)
-            if self.header_bytes > settings.REQUEST_HEADER_MAX_BYTES:
-                self._disarm_header_timer()
-                if self.cycle is None or self.cycle.response_complete:
-                    self.transport.write(_HEADERS_TOO_LARGE)
-                self.transport.close()
+        elif not reading and not self.reading_headers:
+            # In a body: reads that carry none of it in a row. A chunked body's trailer fields
+            # (after its last chunk) are headers too, held whole by the parser like them.
+            self.header_bytes = 0 if self.body_seen else self.header_bytes + len(data)
+        if self.header_bytes > settings.REQUEST_HEADER_MAX_BYTES:
+            self._disarm_header_timer()
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.write(_HEADERS_TOO_LARGE)
+            self.transport.close()
+
+    def on_body(self, body: bytes) -> None:
+        self.body_seen = True
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -10,10 +10,11 @@ import functools
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from keys.crypto import redact_keys
@@ -136,6 +137,7 @@ _COUNTED_COLUMNS = (
     ("day", "timestamptz"),
 )
 RECORD_BATCH_MAX = 200
+RECORD_PENDING_MAX = 20_000
 
 
 def _pg_rollup_upsert() -> str:
@@ -208,9 +210,9 @@ def _pg_counted_values(record: UsageRecord) -> list:
         bisect.bisect_left(LATENCY_BUCKETS_MS, record.latency_ms),
         record.prompt_tokens or 0,
         record.completion_tokens or 0,
-        record.latency_ms,
-        record.ttft_ms,
-        record.queue_wait_ms,
+        float(record.latency_ms),  # floats only: psycopg refuses a list of ints and floats
+        None if record.ttft_ms is None else float(record.ttft_ms),
+        None if record.queue_wait_ms is None else float(record.queue_wait_ms),
         hour_start(record.started_at),
         day_start(record.started_at),
     ]
@@ -267,7 +269,9 @@ def _minute_params(record: UsageRecord) -> list | None:
     tokens = (record.prompt_tokens or 0) + (record.completion_tokens or 0)
     if key is None or key.tokens_per_minute is None or not tokens:
         return None
-    window = timezone.now().replace(second=0, microsecond=0)
+    # The minute the request ended in (its record may be written a little later).
+    ended = record.started_at + timedelta(milliseconds=record.latency_ms)
+    window = ended.replace(second=0, microsecond=0)
     return [key.pk, db.wrapper().ops.adapt_datetimefield_value(window), tokens]
 
 
@@ -293,9 +297,11 @@ _INT_MAX = 2**31 - 1
 
 
 def _text(value: str, field_name: str) -> str:
-    """A string as its column takes it: cut to length, and without NUL (which PostgreSQL's
-    text refuses), so that no client or upstream value can make a record fail."""
+    """A string as its column takes it: cut to length, valid UTF-8, and without NUL (which
+    PostgreSQL's text refuses), so that no client or upstream value can make a record fail."""
     limit = UsageRecord._meta.get_field(field_name).max_length
+    # Lone surrogates (JSON's "\\ud800") cannot be encoded for the database either.
+    value = value.encode("utf-8", "replace").decode("utf-8")
     return value.replace("\x00", "\ufffd")[:limit]
 
 
@@ -372,31 +378,44 @@ class _RecordWriter:
     per round trip, not one per request.
 
     A statement on a dead connection, or while the pool has none free, is retried for up to a
-    minute (`db.fetchone(patient=True)`). One that fails on its data (a key deleted while its
-    request ran, say) is retried a record at a time, so that one bad record loses no other.
+    minute (`db.fetchone(patient=True)`); after that the batch is reported lost (the database
+    is down: trying its records one by one would only take 200 minutes more). One that fails
+    on its data (a key deleted while its request ran, say) is retried a record at a time, so
+    that one bad record loses no other. While the database is down, at most
+    RECORD_PENDING_MAX records wait in memory; older ones are dropped, and said so.
     """
 
     def __init__(self):
-        self.pending: list[tuple[UsageRecord, Exchange]] = []
+        self.pending: deque[tuple[UsageRecord, Exchange]] = deque()
         self.writing = False
 
     async def add(self, record: UsageRecord, exchange: Exchange) -> None:
         self.pending.append((record, exchange))
+        if len(self.pending) > RECORD_PENDING_MAX:
+            dropped, _ = self.pending.popleft()
+            logger.error(
+                "usage record lost: %d records already wait for the database",
+                RECORD_PENDING_MAX,
+                extra={"request_id": dropped.request_id},
+            )
         if self.writing:
             return  # the task writing now takes it next
         self.writing = True
         try:
             while self.pending:
-                batch = self.pending[:RECORD_BATCH_MAX]
-                del self.pending[: len(batch)]
-                await self._write(batch)
+                count = min(len(self.pending), RECORD_BATCH_MAX)
+                await self._write([self.pending.popleft() for _ in range(count)])
         finally:
             self.writing = False
 
     async def _write(self, batch: list[tuple[UsageRecord, Exchange]]) -> None:
         try:
             await db.fetchone(*_pg_statement([r for r, _ in batch]), patient=True)
-        except DatabaseError:
+        except OperationalError:
+            # Retried for a minute already: the database is unreachable, not the data wrong.
+            for record, _ in batch:
+                logger.error("usage record lost", extra={"request_id": record.request_id})
+        except Exception:  # the data: a database error, or one psycopg could not even send
             if len(batch) > 1:
                 for one in batch:
                     await self._write([one])

@@ -130,6 +130,20 @@ def test_oversized_headers_get_431_before_they_are_read_whole(gateway, user_key,
         timeout=10,
     )
     assert answer.status_code == 200
+    # A chunked body's trailer fields are headers too: an endless one is cut the same way.
+    with socket.create_connection(("127.0.0.1", port_of(gateway)), timeout=5) as sock:
+        sock.sendall(
+            b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"1\r\n{\r\n0\r\nX-Trailer: "
+        )
+        with contextlib.suppress(OSError):
+            for _ in range(256):
+                sock.sendall(b"a" * 16 * 1024)
+        try:
+            closed = sock.recv(1024) == b""
+        except ConnectionResetError:
+            closed = True
+        assert closed
 
 
 def test_a_trickled_body_gets_408_in_the_route_shape(gateway, user_key, settings):
