@@ -438,7 +438,7 @@ def test_tokens_per_minute_are_checked_again_when_a_queued_request_starts(
     minute's tokens when its turn comes, not only when it arrived."""
     url = parallel(1)
     _, raw = make_key(name="tpm", rate_limit=1000, tokens_per_minute=25)
-    fake_ollama.configure(tokens=10, token_delay=0.02)
+    fake_ollama.configure(tokens=10, token_delay=0.05)  # 0.5 s each: records land between turns
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         statuses = [
             f.result().status_code
