@@ -229,12 +229,14 @@ def server_version(url: str) -> str:
         return connection.execute("SHOW server_version").fetchone()[0]
 
 
-def admin_key_create(*, env: dict, name: str = "bench", role: str = "admin") -> str:
+def admin_key_create(
+    *, env: dict, name: str = "bench", role: str = "admin", options: tuple = ()
+) -> str:
     """A key (admin by default) with a limit no benchmark reaches, made by the documented
-    command."""
+    command; `options` are more of its arguments (`--priority batch`...)."""
     command = [sys.executable, "manage.py", "createapikey", "--name", name, "--role", role]
     result = subprocess.run(
-        [*command, "--rate-limit", "100000000"],
+        [*command, "--rate-limit", "100000000", *options],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -30,7 +30,6 @@ import re
 import secrets
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -253,19 +252,8 @@ def _fake_state(port: int) -> dict:
     return {name: state[name] for name in ("running", "queued", "max_running")}
 
 
-def _key_create(env: dict, name: str, *extra: str) -> str:
-    """A key made by the documented command, with a limit no run reaches."""
-    command = [sys.executable, "manage.py", "createapikey", "--name", name, "--role", "user"]
-    result = subprocess.run(
-        [*command, "--rate-limit", "100000000", *extra],
-        cwd=processes.ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return next(line for line in result.stdout.splitlines() if line.startswith("ollama-"))
+def _key_create(env: dict, name: str, *options: str) -> str:
+    return processes.admin_key_create(env=env, name=name, role="user", options=options)
 
 
 def _database_drop(url: str) -> None:

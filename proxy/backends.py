@@ -173,7 +173,6 @@ class BackendPool:
                 api_key=config.credential,
                 connect_timeout=settings.OLLAMA_CONNECT_TIMEOUT,
                 read_timeout=settings.OLLAMA_READ_TIMEOUT,
-                pool_size=settings.OLLAMA_POOL_SIZE,
             ),
         )
 

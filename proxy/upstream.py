@@ -39,7 +39,7 @@ def _headers(api_key: str) -> dict:
 class Upstream:
     """A blocking client for one server (background health checks)."""
 
-    def __init__(self, *, base_url, api_key, connect_timeout, read_timeout, pool_size):
+    def __init__(self, *, base_url, api_key, connect_timeout, read_timeout):
         self.base_url = base_url
         self.api_key = api_key
         self.timeout = (connect_timeout, read_timeout)

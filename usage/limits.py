@@ -305,22 +305,21 @@ class KeyRateThrottle(BaseThrottle):
 
     @staticmethod
     def _check_quota(key, used: int) -> None:
-        if used >= key.token_quota:
-            logger.warning(
-                "token quota exceeded",
-                extra={"key_preview": key.preview, "quota": key.token_quota},
-            )
-            raise RateLimited("Token quota exceeded", wait=_until_midnight(timezone.now()))
+        _check_tokens(key, used, "token_quota", "Token quota exceeded", _until_midnight)
 
     @staticmethod
     def _check_minute(key, used: int) -> None:
-        if used >= key.tokens_per_minute:
-            logger.warning(
-                "tokens per minute exceeded",
-                extra={"key_preview": key.preview, "tokens_per_minute": key.tokens_per_minute},
-            )
-            now = timezone.now()
-            raise RateLimited("Tokens per minute exceeded", wait=60 - now.second)
+        _check_tokens(
+            key, used, "tokens_per_minute", "Tokens per minute exceeded", lambda n: 60 - n.second
+        )
+
+
+def _check_tokens(key, used: int, field: str, message: str, wait) -> None:
+    """429 once `used` tokens reach the key's limit `field`, with Retry-After `wait(now)`."""
+    limit = getattr(key, field)
+    if used >= limit:
+        logger.warning(message.lower(), extra={"key_preview": key.preview, field: limit})
+        raise RateLimited(message, wait=wait(timezone.now()))
 
 
 _KEY_STATE = f"SELECT is_active, expires_at FROM {ApiKey._meta.db_table} WHERE id = %s"
