@@ -78,6 +78,7 @@ OUTCOME_LABELS = {
     UsageRecord.Outcome.CLIENT_CLOSED: "Client hung up",
     UsageRecord.Outcome.UPSTREAM_ERROR: "Server error (5xx)",
     UsageRecord.Outcome.TIMEOUT: "Upstream timeout (504)",
+    UsageRecord.Outcome.BUSY: "Servers busy (503, queue timeout)",
 }
 
 

@@ -304,3 +304,11 @@ def test_dashboard_shows_the_queue_by_server_and_wait_by_key(
     waits = queue[queue.index('id="queue-waits"') :]
     assert "alice" in waits and "bob" not in waits
     assert re.search(r">2</td>\s*<td[^>]*>200</td>", waits)
+
+
+def test_every_outcome_has_a_label():
+    """The admin and the dashboard name each outcome in words, the newest included."""
+    from usage.models import OUTCOME_LABELS, UsageRecord
+
+    assert set(OUTCOME_LABELS) == set(UsageRecord.Outcome.values)
+    assert all(label != value for value, label in OUTCOME_LABELS.items())
