@@ -149,6 +149,8 @@ class ProxyView(ModelView):
     def note_model(self, request) -> None:
         """A rate-limited (or refused) request was stopped before its body was read: read the
         model name from a small JSON body for its record (nothing else is done with it)."""
+        if request.exchange.model:
+            return  # read already (refused after its body was parsed: a queue timeout, say)
         if not self.names_model or self.multipart or request.content_type != "application/json":
             return
         length = request.META.get("CONTENT_LENGTH") or "0"
@@ -379,7 +381,11 @@ class ProxyView(ModelView):
         exchange.status = reply.status
         if reply.ok and content and self.filter_list:
             content = self.filtered(request, content)
-        if reply.ok and reply.headers.get("Content-Type", "").startswith("application/json"):
+        if (
+            reply.ok
+            and not self.filter_list  # a list of models counts no tokens
+            and reply.headers.get("Content-Type", "").startswith("application/json")
+        ):
             exchange.prompt_tokens, exchange.completion_tokens = usage_from_body(content)
         relayed = HttpResponse(content, status=reply.status)
         self.copy_headers(reply, relayed)

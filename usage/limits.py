@@ -201,7 +201,7 @@ _TOKENS_THIS_MINUTE = (
 
 
 def _minute_params(key, now):
-    return [key.pk, connection.ops.adapt_datetimefield_value(minute_start(now))]
+    return [key.pk, db.wrapper().ops.adapt_datetimefield_value(minute_start(now))]
 
 
 def tokens_used_this_minute(*, key, now: datetime | None = None) -> int:

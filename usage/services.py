@@ -294,12 +294,13 @@ def _write(record: UsageRecord) -> None:
 
 
 _INT_MAX = 2**31 - 1
+_MAX_LENGTHS = {f.name: f.max_length for f in _RECORD_FIELDS if f.max_length}
 
 
 def _text(value: str, field_name: str) -> str:
     """A string as its column takes it: cut to length, valid UTF-8, and without NUL (which
     PostgreSQL's text refuses), so that no client or upstream value can make a record fail."""
-    limit = UsageRecord._meta.get_field(field_name).max_length
+    limit = _MAX_LENGTHS[field_name]
     # Lone surrogates (JSON's "\\ud800") cannot be encoded for the database either.
     value = value.encode("utf-8", "replace").decode("utf-8")
     return value.replace("\x00", "\ufffd")[:limit]
