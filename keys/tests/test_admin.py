@@ -172,6 +172,7 @@ def test_a_key_cannot_be_raised_to_admin_by_editing(staff, make_key):
     assert staff.post(f"/admin/keys/apikey/{key.pk}/change/", data).status_code == 302
     key.refresh_from_db()
     assert key.role == "user"
+    assert key.rate_limit == 5  # the edit was saved, less the role
 
 
 def test_reloading_the_created_page_makes_no_second_key(staff):
@@ -203,7 +204,9 @@ def test_the_admin_is_titled_for_the_product_and_links_the_dashboard(staff):
 
 def test_the_dashboard_link_needs_the_usage_view_permission(client, django_user_model):
     clerk = _staff_with(client, django_user_model, "view_apikey")
-    page = clerk.get("/admin/").content.decode()
+    response = clerk.get("/admin/")
+    page = response.content.decode()
+    assert response.status_code == 200 and "/admin/keys/apikey/" in page  # the index, served
     assert "usage-dashboard-link" not in page
 
 

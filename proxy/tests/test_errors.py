@@ -110,10 +110,10 @@ def test_account_and_cloud_routes_are_refused_to_every_key(
 def test_refused_key_routes_mint_no_metric_series(call, gateway):
     for key in ("first", "second"):
         assert call("DELETE", f"/api/user/keys/{key}").status_code == 403
-    wait_for_records(2, route__startswith="/api/user/keys/")
+    assert len(wait_for_records(2, route__startswith="/api/user/keys/")) == 2
     metrics = requests.get(f"{gateway}/metrics", timeout=10).text
     assert 'route="/api/user/keys/{key}"' in metrics
-    assert "/api/user/keys/first" not in metrics
+    assert "/api/user/keys/first" not in metrics and "/api/user/keys/second" not in metrics
 
 
 def test_cloud_models_are_hidden_from_user_keys(call, fake_ollama):

@@ -283,8 +283,9 @@ def test_servers_table_sums_every_worker(served, make_key, client, django_user_m
     # Concurrent, so that both workers serve some.
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         assert set(pool.map(generate, range(40))) == {200}
-    wait_for_records(40, key__name="spread")
-    assert served_requests() - before == 40
+    assert len(wait_for_records(40, key__name="spread")) == 40
+    # Whichever worker renders the page counts all 40: read it a few times (both answer).
+    assert [served_requests() - before for _ in range(6)] == [40] * 6
 
 
 def test_dashboard_shows_the_queue_by_server_and_wait_by_key(
