@@ -13,7 +13,9 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 
 from keys.models import ApiKey
 from keys.services import aapi_key_touch, api_key_touch
+from ollama_gateway import db
 from usage.limits import (
+    KeyRateThrottle,
     RateLimitState,
     aauth_failure_hit,
     akey_lookup_and_count,
@@ -128,3 +130,26 @@ class ApiKeyAuthentication(BaseAuthentication):
     def authenticate_header(self, request):
         # Makes DRF answer 401 (not 403) when credentials are missing or wrong.
         return 'Bearer realm="ollama-gateway"'
+
+
+_KEY_STATE = f"SELECT is_active, expires_at FROM {ApiKey._meta.db_table} WHERE id = %s"
+
+
+def _key_state(pk):
+    return ApiKey.objects.filter(pk=pk).values_list("is_active", "expires_at").first()
+
+
+async def areadmit(key: ApiKey, exchange=None) -> None:
+    """A request that waited in the GPU queue (usage/queue.py), about to run: its key as it is
+    now (revoked or expired meanwhile: 401, as authentication says it) and its token limits
+    with what the requests that ran meanwhile spent (429). One statement, plus one per token
+    limit the key has."""
+    if db.pooled():
+        row = await db.fetchone(_KEY_STATE, [key.pk])
+    else:
+        row = await db.in_thread(_key_state)(key.pk)
+    key.is_active, key.expires_at = row or (False, None)  # gone: as good as revoked
+    refusal = ApiKeyAuthentication._refusal(exchange, key)
+    if refusal is not None:
+        raise exceptions.AuthenticationFailed(refusal)
+    await KeyRateThrottle().acheck_tokens(key)

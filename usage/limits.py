@@ -284,6 +284,11 @@ class KeyRateThrottle(BaseThrottle):
 
     async def aallow_request(self, key, admission) -> None:
         self._check_rate(key, admission)
+        await self.acheck_tokens(key)
+
+    async def acheck_tokens(self, key) -> None:
+        """The daily quota and the minute's tokens (one read each, for keys that have them);
+        also when a request that waited in the GPU queue is about to run."""
         if key.token_quota is not None:
             self._check_quota(key, await atokens_used_today(key=key))
         if key.tokens_per_minute is not None:
@@ -320,31 +325,3 @@ def _check_tokens(key, used: int, field: str, message: str, wait) -> None:
     if used >= limit:
         logger.warning(message.lower(), extra={"key_preview": key.preview, field: limit})
         raise RateLimited(message, wait=wait(timezone.now()))
-
-
-_KEY_STATE = f"SELECT is_active, expires_at FROM {ApiKey._meta.db_table} WHERE id = %s"
-
-
-def _key_state_sync(pk):
-    return ApiKey.objects.filter(pk=pk).values_list("is_active", "expires_at").first()
-
-
-async def aadmitted_after_waiting(key) -> None:
-    """A request that waited in the GPU queue (usage/queue.py), about to run: its key as it is
-    now (revoked or expired meanwhile: 401), and its token limits with what the requests that
-    ran meanwhile spent (429). One statement, plus one per token limit the key has."""
-    from rest_framework.exceptions import AuthenticationFailed
-
-    if db.pooled():
-        row = await db.fetchone(_KEY_STATE, [key.pk])
-    else:
-        row = await db.in_thread(_key_state_sync)(key.pk)
-    if row is None or not row[0]:
-        logger.warning("revoked while queued", extra={"key_preview": key.preview})
-        raise AuthenticationFailed("This API key has been revoked.")
-    if row[1] is not None and row[1] <= timezone.now():
-        raise AuthenticationFailed("This API key has expired.")
-    if key.token_quota is not None:
-        KeyRateThrottle._check_quota(key, await atokens_used_today(key=key))
-    if key.tokens_per_minute is not None:
-        KeyRateThrottle._check_minute(key, await atokens_used_this_minute(key=key))

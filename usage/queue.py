@@ -39,7 +39,7 @@ from rest_framework.exceptions import APIException
 
 from ollama_gateway import db, runtime
 from usage import metrics
-from usage.limits import RateLimited, aadmitted_after_waiting
+from usage.limits import RateLimited
 
 logger = logging.getLogger("usage.queue")
 
@@ -115,7 +115,9 @@ async def slot_acquire(*, key, state, exchange=None) -> Slot | None:
         # It waited: its key may have been revoked meanwhile, or its tokens spent by the
         # requests that ran before it. Checked again before it runs (queued requests only).
         try:
-            await aadmitted_after_waiting(key)
+            from keys.authentication import areadmit
+
+            await areadmit(key, exchange)
         except BaseException:
             slot.release()
             raise
